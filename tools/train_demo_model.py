@@ -1,0 +1,449 @@
+"""Train the bundled demo model: a tiny latent diffusion model in the real Stable Diffusion 1 architecture.
+
+Three phases, all on CPU, reproducible from `--seed`:
+
+1. VAE (diffusers `AutoencoderKL`) on random crops of rendered shapes, with L1 + image-gradient L1 (keeps edges
+   sharp so small triangles stay triangles) and a tiny KL term; log-variance bias starts at -8.
+2. The training images are encoded once; the per-channel latent mean/std are folded exactly into
+   `quant_conv` / `post_quant_conv` so that `latents * 0.18215` has zero mean and unit std (SD1's scaling factor).
+3. UNet (`UNet2DConditionModel`, 8-head cross-attention) and CLIP text encoder (`CLIPTextModel`, 64-dim heads,
+   quick_gelu, the project's real CLIP BPE tokenizer) trained jointly with epsilon prediction on SD's
+   scaled-linear 1000-step schedule, 10% empty prompts (for CFG), offset noise (so flat backgrounds follow the
+   prompt instead of the initial noise), min-SNR loss weighting and a caption curriculum (background and
+   position always named early on, attributes dropped at random later).
+
+Intermediate weights are diffusers folders in `--work-dir`; the last step writes one fp16 single-file SD1
+checkpoint with `webui.engine.checkpoint_writer`.
+
+    HF_HUB_OFFLINE=1 nice -n 10 python tools/train_demo_model.py --work-dir /tmp/demo_train/run \\
+        --out models/Stable-diffusion/demo-shapes-v1.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT))
+from shapes_dataset import ShapesSampler, Scene, caption, eval_scenes  # noqa: E402
+
+SCALE_FACTOR = 0.18215
+TOKENIZER_DIR = ROOT / "webui" / "engine" / "tokenizers" / "clip"
+
+
+@dataclass
+class Config:
+    seed: int = 1
+    threads: int = 2
+    image_size: int = 64
+    # VAE
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    # data
+    train_images: int = 60000
+    p_two: float = 0.25
+    # text encoder
+    text_hidden: int = 64
+    text_layers: int = 3
+    # UNet
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_layers_per_block: int = 1
+    unet_steps: int = 2000
+    batch: int = 48
+    lr: float = 1e-3
+    warmup: int = 100
+    offset_noise: float = 0.3
+    min_snr_gamma: float = 5.0
+    uncond_p: float = 0.1
+    curriculum: float = 0.3  # fraction of UNet steps whose captions always name everything
+    drop_probs: dict[str, float] = field(default_factory=lambda: {
+        "size": 0.5, "colour": 0.15, "shape": 0.15, "position": 0.25, "background": 0.25})
+    early_drop_probs: dict[str, float] = field(default_factory=lambda: {"size": 0.3})
+    checkpoint_every: int = 250
+
+
+# ---------------------------------------------------------------- model construction
+
+def build_vae(cfg: Config):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n,
+                        up_block_types=["UpDecoderBlock2D"] * n, block_out_channels=list(cfg.vae_channels),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=cfg.image_size,
+                        scaling_factor=SCALE_FACTOR)
+    with torch.no_grad():  # start nearly deterministic: a wide posterior swamps the decoder early on
+        vae.quant_conv.bias[4:].fill_(-8.0)
+    return vae
+
+
+def build_unet(cfg: Config):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
+        block_out_channels=list(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
+        down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8,  # SD1 meaning: 8 heads
+        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", use_linear_projection=False)
+
+
+def build_text_encoder(cfg: Config):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    conf = CLIPTextConfig(vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+                          num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_hidden // 64,
+                          max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                          projection_dim=cfg.text_hidden, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextModel(conf)
+
+
+def load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+def vae_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+# ---------------------------------------------------------------- schedule and sampling (SD1, k-diffusion formulas)
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def t_to_sigma(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    lo = t.floor().long().clamp(0, len(log_sigmas) - 1)
+    hi = (lo + 1).clamp(max=len(log_sigmas) - 1)
+    w = t - lo
+    return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+
+
+def sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    ls = sigma.log()
+    idx = (ls[:, None] >= log_sigmas[None, :]).sum(1).sub(1).clamp(0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[idx], log_sigmas[idx + 1]
+    w = ((lo - ls) / (lo - hi)).clamp(0, 1)
+    return (1 - w) * idx + w * (idx + 1)
+
+
+def encode_prompts(parts: dict, prompts: list[str]) -> torch.Tensor:
+    ids = parts["tokenizer"](prompts, padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids
+    return parts["text_encoder"](ids).last_hidden_state
+
+
+def sample_euler_ancestral(parts: dict, prompts: list[str], seed: int, steps: int = 20, cfg: float = 7.0,
+                           size: int = 64, negative: str = "") -> list[np.ndarray]:
+    """Development sampler (the app uses its own engine): Euler a with A1111's CFG formula."""
+    unet, vae = parts["unet"], parts["vae"]
+    ac = sd_alphas_cumprod()
+    log_sigmas = ((1 - ac) / ac).sqrt().log().float()
+    sigmas = torch.cat([t_to_sigma(torch.linspace(999, 0, steps, dtype=torch.float64).float(), log_sigmas),
+                        torch.zeros(1)])
+    cond = encode_prompts(parts, prompts)
+    uncond = encode_prompts(parts, [negative] * len(prompts))
+    ctx = torch.cat([uncond, cond])
+    gen = torch.Generator().manual_seed(seed)
+    lat = size // vae_factor(vae)
+    x = torch.randn(len(prompts), 4, lat, lat, generator=gen) * sigmas[0]
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        t = sigma_to_t(s[None], log_sigmas).expand(2 * len(prompts))
+        xin = torch.cat([x, x]) / (s ** 2 + 1) ** 0.5
+        eps_u, eps_c = unet(xin, t, ctx).sample.chunk(2)
+        denoised = x - s * (eps_u + cfg * (eps_c - eps_u))
+        s_up = min(s_next, (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2) ** 0.5)
+        s_down = (s_next ** 2 - s_up ** 2) ** 0.5
+        x = denoised + (x - denoised) / s * s_down
+        if s_next > 0:
+            x = x + torch.randn(x.shape, generator=gen) * s_up
+    img = vae.decode(x / SCALE_FACTOR).sample.clamp(-1, 1)
+    return list(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def load_components(folder: Path) -> dict:
+    """A diffusers-format model folder written by this program (vae/, unet/, text_encoder/)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    parts = {"vae": AutoencoderKL.from_pretrained(folder / "vae"),
+             "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
+             "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
+             "tokenizer": load_tokenizer()}
+    for m in ("vae", "unet", "text_encoder"):
+        parts[m].eval()
+    return parts
+
+
+# ---------------------------------------------------------------- phase 1: VAE
+
+def to_tensor(imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def edge_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 on horizontal and vertical finite differences: penalises soft or misplaced edges."""
+    dy = F.l1_loss(recon[..., 1:, :] - recon[..., :-1, :], x[..., 1:, :] - x[..., :-1, :])
+    dx = F.l1_loss(recon[..., :, 1:] - recon[..., :, :-1], x[..., :, 1:] - x[..., :, :-1])
+    return dx + dy
+
+
+def train_vae(cfg: Config, vae, work: Path, log) -> None:
+    sampler = ShapesSampler(cfg.seed + 100, cfg.image_size, p_two=cfg.p_two)
+    rng = np.random.default_rng(cfg.seed + 101)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = cosine_schedule(opt, cfg.vae_steps, warmup=50)
+    f = vae_factor(vae)
+    vae.train()
+    for step in range(1, cfg.vae_steps + 1):
+        x = to_tensor(sampler.batch(cfg.vae_batch)[0])
+        i, j = (rng.integers(0, (cfg.image_size - cfg.vae_crop) // f + 1, size=2) * f).tolist()
+        x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        loss = F.l1_loss(recon, x) + edge_l1(recon, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == cfg.vae_steps:
+            log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
+    vae.eval()
+
+
+# ---------------------------------------------------------------- phase 2: latents
+
+@torch.no_grad()
+def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Tensor, list[Scene]]:
+    sampler = ShapesSampler(cfg.seed + 200, cfg.image_size, held_out=held_out, p_two=cfg.p_two)
+    chunks, scenes = [], []
+    for start in range(0, cfg.train_images, 256):
+        imgs, _, sc = sampler.batch(min(256, cfg.train_images - start))
+        chunks.append(vae.encode(to_tensor(imgs)).latent_dist.mode())
+        scenes += sc
+    log(f"encoded {len(scenes)} training images")
+    return torch.cat(chunks), scenes
+
+
+@torch.no_grad()
+def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Make SD's `latents * 0.18215` zero-mean/unit-std per channel by rewriting the 1x1 quant convs exactly.
+
+    New latent z' = k (z - m), k = 1 / (0.18215 std): quant_conv's mean rows are scaled/shifted and its
+    log-variance biases move by 2 log k; post_quant_conv undoes it on its input side.
+    """
+    m = latents.mean(dim=(0, 2, 3)).double()
+    k = 1.0 / (SCALE_FACTOR * latents.std(dim=(0, 2, 3)).double())
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    qw, qb = q.weight.double(), q.bias.double()
+    qw[:4] *= k[:, None, None, None]
+    qb[:4] = (qb[:4] - m) * k
+    qb[4:] += 2 * k.log()
+    pw, pb = pq.weight.double(), pq.bias.double()
+    pb = pb + pw[:, :, 0, 0] @ m
+    pw = pw / k[None, :, None, None]
+    q.weight.copy_(qw), q.bias.copy_(qb), pq.weight.copy_(pw), pq.bias.copy_(pb)
+    return ((latents.double() - m[None, :, None, None]) * k[None, :, None, None]).float()
+
+
+# ---------------------------------------------------------------- phase 3: UNet + text encoder
+
+def cosine_schedule(opt, total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.95 + 0.05
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class CaptionBatcher:
+    """Captions for training scenes with curriculum-dependent attribute dropping and CFG dropout."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed + 300)
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def ids(self, text: str) -> torch.Tensor:
+        if text not in self.cache:
+            self.cache[text] = self.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                                              return_tensors="pt").input_ids[0]
+        return self.cache[text]
+
+    def __call__(self, scenes: list[Scene], progress: float) -> torch.Tensor:
+        probs = self.cfg.early_drop_probs if progress < self.cfg.curriculum else self.cfg.drop_probs
+        texts = []
+        for s in scenes:
+            if self.rng.random() < self.cfg.uncond_p:
+                texts.append("")
+                continue
+            drop = frozenset(k for k, p in probs.items() if self.rng.random() < p)
+            texts.append(caption(s, drop))
+        return torch.stack([self.ids(t) for t in texts])
+
+
+def train_diffusion(cfg: Config, unet, text_encoder, latents: torch.Tensor, scenes: list[Scene],
+                    work: Path, save, log) -> None:
+    captions = CaptionBatcher(cfg, load_tokenizer())
+    gen = torch.Generator().manual_seed(cfg.seed + 400)
+    ac = sd_alphas_cumprod().float()
+    snr = ac / (1 - ac)
+    weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = cosine_schedule(opt, cfg.unet_steps, cfg.warmup)
+    unet.train(), text_encoder.train()
+    order = torch.randperm(len(latents), generator=gen)
+    pos, t0 = 0, time.time()
+    for step in range(1, cfg.unet_steps + 1):
+        if pos + cfg.batch > len(order):
+            order, pos = torch.randperm(len(latents), generator=gen), 0
+        idx = order[pos:pos + cfg.batch]
+        pos += cfg.batch
+        x0 = latents[idx]
+        ids = captions([scenes[i] for i in idx.tolist()], step / cfg.unet_steps)
+        noise = torch.randn(x0.shape, generator=gen)
+        noise = noise + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
+        a = ac[t].sqrt()[:, None, None, None]
+        s = (1 - ac[t]).sqrt()[:, None, None, None]
+        pred = unet(a * x0 + s * noise, t, text_encoder(ids).last_hidden_state).sample
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0:
+            rate = step * cfg.batch / (time.time() - t0)
+            log(f"unet step {step}/{cfg.unet_steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{rate:.1f} samples/s")
+        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
+            save(f"step{step:05d}")
+    unet.eval(), text_encoder.eval()
+
+
+# ---------------------------------------------------------------- export
+
+def export_single_file(folder: Path, out: Path) -> int:
+    """Write the diffusers folder as one fp16 SD1 single-file checkpoint; returns its size in bytes."""
+    from webui.engine.checkpoint_writer import clip_l_to_ldm, save_single_file, unet_to_ldm, vae_to_ldm
+
+    parts = load_components(folder)
+    state = {}
+    state.update(unet_to_ldm(parts["unet"]))
+    state.update(vae_to_ldm(parts["vae"]))
+    state.update(clip_l_to_ldm(parts["text_encoder"], prefix="cond_stage_model.transformer."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_single_file(out, state, dtype=torch.float16)
+    return out.stat().st_size
+
+
+# ---------------------------------------------------------------- driver
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work-dir", type=Path, required=True, help="intermediate diffusers checkpoints and log")
+    ap.add_argument("--out", type=Path, default=ROOT / "models/Stable-diffusion/demo-shapes-v1.safetensors")
+    ap.add_argument("--resume-vae", type=Path, help="reuse a VAE folder from an earlier run (skips phase 1)")
+    ap.add_argument("--export-only", type=Path, help="only convert this diffusers folder to --out")
+    defaults = Config()
+    for name, value in asdict(defaults).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+        elif isinstance(value, tuple):
+            ap.add_argument("--" + name.replace("_", "-"), type=lambda s: tuple(int(v) for v in s.split(",")),
+                            default=value)
+    args = ap.parse_args(argv)
+    cfg = Config(**{k: getattr(args, k) for k in asdict(defaults) if hasattr(args, k)})
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    if args.export_only:
+        print(f"wrote {args.out} ({export_single_file(args.export_only, args.out) / 1e6:.2f} MB)")
+        return 0
+    work: Path = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    logfile = open(work / "train.log", "a")
+    start = time.time()
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - start:7.0f}s] {msg}"
+        print(line, flush=True)
+        logfile.write(line + "\n")
+        logfile.flush()
+
+    seed_everything(cfg.seed, cfg.threads)
+    if args.resume_vae:
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(args.resume_vae)
+        vae.eval()
+    else:
+        vae = build_vae(cfg)
+        train_vae(cfg, vae, work, log)
+    vae.save_pretrained(work / "vae_raw")
+    held_out = frozenset(s.key() for s in eval_scenes())
+    latents, scenes = encode_dataset(cfg, vae, held_out, log)
+    latents = fold_latent_normalisation(vae, latents)
+    log(f"latents {tuple(latents.shape)} scaled std {latents.std().item() * SCALE_FACTOR:.3f}")
+
+    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
+    counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
+              (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}
+    log(f"parameters {counts}")
+
+    def save(tag: str) -> None:
+        folder = work / tag
+        unet.save_pretrained(folder / "unet")
+        text_encoder.save_pretrained(folder / "text_encoder")
+        vae.save_pretrained(folder / "vae")
+        (work / "latest").unlink(missing_ok=True)
+        (work / "latest").symlink_to(folder.name)
+        log(f"saved {folder}")
+
+    train_diffusion(cfg, unet, text_encoder, latents, scenes, work, save, log)
+    save("final")
+    try:
+        size = export_single_file(work / "final", args.out)
+        log(f"wrote {args.out} ({size / 1e6:.2f} MB)")
+    except ImportError as e:
+        log(f"export skipped ({e}); run again with --export-only {work / 'final'}")
+    log(f"total {time.time() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The application context: one object that holds the engine and the services, passed to every face."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .engine.engine import Engine
+from .engine.latent_preview import fit_latent_to_rgb, preview_image
+from .engine.params import GenerationParams
+from .engine.processing import GenerationResult
+from .services.job_queue import InProcessQueue, Job, JobQueue
+from .services.settings import Settings
+from .services.storage import OutputStorage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    engine: Engine
+    settings: Settings
+    storage: OutputStorage
+    queue: JobQueue
+    args: argparse.Namespace | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, args: argparse.Namespace) -> "App":
+        from .cli import make_engine
+        from .engine.paths import DataPaths
+
+        paths = DataPaths.create(args.data_dir, args.ckpt_dir, args.vae_dir, args.lora_dir, args.embeddings_dir)
+        paths.ensure()
+        settings = Settings.load(paths.config_file)
+        args.ckpt = args.ckpt or settings.get("sd_model_checkpoint") or None
+        if args.ckpt and not args.vae:
+            args.vae = settings.get("sd_vae")
+        engine = make_engine(args, prediction_overrides=_overrides(settings))
+        queue = InProcessQueue(max_size=settings.get("queue_max_size"))
+        return cls(engine=engine, settings=settings, storage=OutputStorage(paths.outputs_dir), queue=queue, args=args)
+
+    # ---- generation through the queue ------------------------------------------------------------
+    def submit(self, kind: str, params: GenerationParams, owner: str = "local", save: bool | None = None,
+               job_id: str | None = None) -> Job:
+        """Queue a txt2img or img2img job; the result's images are saved per the settings."""
+        params.validate(img2img=kind == "img2img")
+        save = self.settings.get("samples_save") if save is None else save
+
+        def run(control, progress) -> GenerationResult:
+            generate = self.engine.img2img if kind == "img2img" else self.engine.txt2img
+            result = generate(params, control, progress)
+            if save:
+                result.info["saved_paths"] = [str(p) for p in self.save_result(kind, result)]
+            return result
+
+        return self.queue.submit(kind, run, owner=owner, job_id=job_id)
+
+    def save_result(self, kind: str, result: GenerationResult) -> list[Path]:
+        fmt = self.settings.get("samples_format")
+        keep_info = self.settings.get("enable_pnginfo")
+        return [self.storage.save(image, kind, seed, text if keep_info else None, extension=fmt)
+                for image, text, seed in zip(result.images, result.infotexts, result.seeds)]
+
+    def preview(self, job: Job) -> Image.Image | None:
+        """The job's current x0 prediction, mapped to RGB without a VAE decode."""
+        latent = job.latest
+        model = self.engine.models.current
+        if latent is None or model is None or model.vae is None:
+            return None
+        key = id(model.vae)
+        coefs = self.state.get(("preview", key))
+        if coefs is None:
+            coefs = self.state[("preview", key)] = fit_latent_to_rgb(model.vae)
+        return preview_image(latent, coefs, upscale=max(1, 512 // max(latent.shape[-1], 1) // 4))
+
+
+def _overrides(settings: Settings) -> dict[str, str]:
+    try:
+        value = json.loads(settings.get("sd2_prediction_overrides") or "{}")
+        return value if isinstance(value, dict) else {}
+    except json.JSONDecodeError:
+        log.warning("setting sd2_prediction_overrides is not valid JSON; ignoring it")
+        return {}

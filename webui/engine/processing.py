@@ -1,0 +1,321 @@
+"""txt2img and img2img: prompts → conditioning → noise → sampler → VAE → images with infotext.
+
+This is the one denoising loop of the app. It owns seeds, noise, the img2img step arithmetic, VAE
+encode/decode with the fp32 NaN fallback, interruption, and the infotext of every image.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from . import image_ops, infotext
+from .conditioning import Conditioning
+from .denoiser import CFGDenoiser, DenoiserHooks, UNetDenoiser
+from .errors import EngineError
+from .model_manager import SDModel
+from .params import GenerationParams
+from .rng import ImageRNG, resolve_seed
+from .sampling.noise import brownian_noise_sampler
+from .sampling.registry import (SamplerInfo, ScheduleInfo, build_sigmas, initial_noise_scale, model_schedule,
+                                run_sampler)
+
+log = logging.getLogger(__name__)
+VERSION = "studio-0.1.0"
+REFINER_AESTHETIC = (6.0, 2.5)   # positive / negative aesthetic score, as A1111 uses for the SDXL refiner
+
+
+class StopSampling(Exception):
+    """Raised between steps when the job is interrupted or the current batch is skipped."""
+
+
+class NansError(EngineError):
+    pass
+
+
+@dataclass
+class JobControl:
+    """Flags a running job checks between steps. Set from another thread (UI/API)."""
+    interrupted: bool = False
+    skipped: bool = False
+
+    def check(self) -> None:
+        if self.interrupted or self.skipped:
+            raise StopSampling()
+
+
+@dataclass
+class StepInfo:
+    step: int                 # steps done in this job so far
+    total_steps: int
+    batch_index: int
+    denoised: torch.Tensor    # current x0 prediction (latent)
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+    params: GenerationParams
+    info: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+
+@dataclass
+class ProcessingContext:
+    """Everything processing needs from the layers around it, passed explicitly."""
+    model: SDModel
+    sampler: SamplerInfo
+    schedule: ScheduleInfo
+    device: torch.device
+    model_hash: str | None = None
+    vae_hash: str | None = None
+    hooks: DenoiserHooks = field(default_factory=DenoiserHooks)
+
+
+def _seeds(p: GenerationParams) -> tuple[list[int], list[int]]:
+    n = p.batch_size * p.n_iter
+    seed, subseed = resolve_seed(p.seed), resolve_seed(p.subseed)
+    return [seed + i for i in range(n)], [subseed + i for i in range(n)]
+
+
+def _latent_scale(model: SDModel) -> int:
+    vae = model.vae or model.own_vae
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+class _CondCache:
+    """Encodes each distinct (prompt, negative) pair once per job."""
+
+    def __init__(self, model: SDModel, clip_skip: int):
+        self.model, self.clip_skip, self.cache = model, clip_skip, {}
+
+    def get(self, prompt: str, negative: str) -> tuple[Conditioning, Conditioning]:
+        key = (prompt, negative)
+        if key not in self.cache:
+            self.cache[key] = self.model.prompt_encoder.encode_pair([(prompt, 1.0)], [(negative, 1.0)], self.clip_skip)
+        return self.cache[key]
+
+    def batch(self, prompts: list[str], negatives: list[str], device) -> tuple[Conditioning, Conditioning]:
+        pairs = [self.get(p, n) for p, n in zip(prompts, negatives)]
+        return _stack([c for c, _ in pairs], device), _stack([u for _, u in pairs], device)
+
+
+def _stack(conds: list[Conditioning], device) -> Conditioning:
+    if all(c is conds[0] for c in conds):
+        return Conditioning(conds[0].context.to(device), None if conds[0].pooled is None else conds[0].pooled.to(device))
+    width = max(c.context.shape[1] for c in conds)
+    if any(c.context.shape[1] != width for c in conds):
+        raise EngineError("prompts in one batch have different lengths; use batch size 1 for differing long prompts")
+    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds]).to(device)
+    return Conditioning(torch.cat([c.context for c in conds]).to(device), pooled)
+
+
+def _time_ids(model: SDModel, p: GenerationParams, device) -> tuple[dict | None, dict | None]:
+    if model.prompt_encoder.encoders[-1].kind != "open_clip_g":
+        return None, None
+    h, w = p.height, p.width
+    if model.family.value == "sdxl-refiner":
+        pos, neg = ([h, w, 0, 0, score] for score in REFINER_AESTHETIC)
+    else:
+        pos = neg = [h, w, 0, 0, h, w]
+    return ({"time_ids": torch.tensor([pos], dtype=torch.float32, device=device)},
+            {"time_ids": torch.tensor([neg], dtype=torch.float32, device=device)})
+
+
+def img2img_sigmas(sigmas: torch.Tensor, steps: int, denoising_strength: float) -> torch.Tensor:
+    """A1111's img2img step arithmetic: run the last int(strength·steps)+1 steps of the full schedule."""
+    t_enc = int(min(denoising_strength, 0.999) * steps)
+    return sigmas[steps - t_enc - 1:]
+
+
+@torch.no_grad()
+def encode_images(model: SDModel, images: list[Image.Image], device) -> torch.Tensor:
+    """Pixels → scaled latents, using the distribution's mean so the result is deterministic."""
+    vae = model.vae
+    x = image_ops.pil_to_tensor(images).to(device, vae.dtype)
+    latents = vae.encode(x).latent_dist.mean
+    return latents.float() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(model: SDModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents → pixels in [-1, 1]; a NaN result in reduced precision is redone in fp32."""
+    vae = model.vae
+    z = latents / vae.config.scaling_factor
+    out = vae.decode(z.to(vae.dtype)).sample
+    if torch.isnan(out).any():
+        if vae.dtype == torch.float32:
+            raise NansError("the VAE produced NaN values even in fp32; the VAE file may be broken")
+        original = vae.dtype
+        log.warning("VAE decode gave NaN in %s; redoing it in fp32", original)
+        vae.to(torch.float32)
+        try:
+            out = vae.decode(z.float()).sample
+        finally:
+            vae.to(original)
+    return out.float()
+
+
+def _infotext(ctx: ProcessingContext, p: GenerationParams, prompt: str, negative: str, seed: int, subseed: int,
+              is_img2img: bool) -> str:
+    model = ctx.model
+    fixed = {
+        "Steps": p.steps, "Sampler": ctx.sampler.name, "Schedule type": ctx.schedule.label, "CFG scale": p.cfg_scale,
+        "Seed": seed, "Size": (p.width, p.height),
+        "Model hash": ctx.model_hash[:10] if ctx.model_hash else None, "Model": model.file.stem,
+        "VAE hash": ctx.vae_hash[:10] if ctx.vae_hash else None,
+        "VAE": model.vae_file.path.name if model.vae_file else None,
+        "Variation seed": subseed if p.subseed_strength > 0 else None,
+        "Variation seed strength": p.subseed_strength if p.subseed_strength > 0 else None,
+        "Seed resize from": (p.seed_resize_from_w, p.seed_resize_from_h) if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
+        "Denoising strength": p.denoising_strength if is_img2img else None,
+        "Clip skip": p.clip_skip, "RNG": "CPU",
+    }
+    params = infotext.generation_params(fixed, extra=p.extra_generation_params, trailing={"Version": VERSION})
+    return infotext.create_infotext(prompt, negative, params)
+
+
+class _Sampling:
+    """One job's sampling state: counts steps across batches and turns callbacks into progress."""
+
+    def __init__(self, ctx: ProcessingContext, p: GenerationParams, steps_per_batch: int,
+                 control: JobControl, progress: Callable[[StepInfo], None] | None):
+        self.ctx, self.p, self.control, self.progress = ctx, p, control, progress
+        self.total = steps_per_batch * p.n_iter
+        self.done = 0
+        self.batch_index = 0
+        self.last_denoised: torch.Tensor | None = None
+
+    def callback(self, d: dict) -> None:
+        self.done += 1
+        self.last_denoised = d["denoised"]
+        if self.progress is not None:
+            self.progress(StepInfo(self.done, self.total, self.batch_index, d["denoised"]))
+
+    def run(self, x: torch.Tensor, sigmas: torch.Tensor, cond, uncond, rng: ImageRNG, added,
+            extra_channels: torch.Tensor | None) -> torch.Tensor:
+        model, sampler = self.ctx.model, self.ctx.sampler
+        inner = UNetDenoiser(model.unet, model_schedule(sampler, model.schedule), model.prediction_type,
+                             model.unet.dtype)
+        denoiser = CFGDenoiser(inner, cond, uncond, self.p.cfg_scale, added[0], added[1], extra_channels,
+                               hooks=self.ctx.hooks, on_step=self.control.check)
+        if sampler.options.get("brownian_noise"):
+            noise = brownian_noise_sampler(x, sigmas, rng.seeds)
+        else:
+            noise = rng.noise_sampler(x.device, x.dtype)
+        self.last_denoised = None
+        try:
+            return run_sampler(sampler, denoiser, x, sigmas, extra_args={}, callback=self.callback,
+                               noise_sampler=noise, **self.p.sampler_options)
+        except StopSampling:
+            if self.last_denoised is None:
+                return None
+            return self.last_denoised
+
+
+def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | None = None,
+             progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
+    is_img2img = bool(p.init_images)
+    p.validate(img2img=is_img2img)
+    control = control or JobControl()
+    model, device = ctx.model, ctx.device
+    seeds, subseeds = _seeds(p)
+    scale = _latent_scale(model)
+    shape = (model.latent_channels, p.height // scale, p.width // scale)
+    full_sigmas = build_sigmas(ctx.sampler, ctx.schedule, p.steps, model.schedule, device)
+    sigmas = img2img_sigmas(full_sigmas, p.steps, p.denoising_strength) if is_img2img else full_sigmas
+    init_latent = _init_latent(model, p, device) if is_img2img else None
+    conds = _CondCache(model, p.clip_skip)
+    added = _time_ids(model, p, device)
+    state = _Sampling(ctx, p, len(sigmas) - 1, control, progress)
+    images, texts = [], []
+    started = time.time()
+    for b in range(p.n_iter):
+        if control.interrupted:
+            break
+        control.skipped = False
+        state.batch_index = b
+        sl = slice(b * p.batch_size, (b + 1) * p.batch_size)
+        prompts, negatives = [p.prompt] * p.batch_size, [p.negative_prompt] * p.batch_size
+        cond, uncond = conds.batch(prompts, negatives, device)
+        rng = ImageRNG(shape, seeds[sl], subseeds[sl], p.subseed_strength,
+                       (p.seed_resize_from_w, p.seed_resize_from_h))
+        noise = rng.first().to(device)
+        if init_latent is None:
+            x = noise * initial_noise_scale(ctx.sampler, sigmas)
+        else:
+            x = init_latent + noise * sigmas[0]
+        samples = state.run(x, sigmas, cond, uncond, rng, added, _image_conditioning(model, x, device))
+        if samples is None:
+            continue
+        if torch.isnan(samples).any():
+            raise NansError("the UNet produced NaN values; try fp32 (--no-half) or another sampler")
+        for i, img in enumerate(image_ops.tensor_to_pil(decode_latents(model, samples))):
+            text = _infotext(ctx, p, p.prompt, p.negative_prompt, seeds[sl][i], subseeds[sl][i], is_img2img)
+            img.info["parameters"] = text
+            images.append(img)
+            texts.append(text)
+    n = len(images)
+    result = GenerationResult(images, texts, seeds[:n], subseeds[:n], [p.prompt] * n, [p.negative_prompt] * n, p,
+                              interrupted=control.interrupted)
+    result.info = _info_dict(ctx, p, result, seeds, subseeds, is_img2img)
+    log.info("generated %d image(s) in %.2fs", n, time.time() - started)
+    return result
+
+
+@torch.no_grad()
+def _image_conditioning(model: SDModel, x: torch.Tensor, device) -> torch.Tensor | None:
+    """Extra UNet input channels when no mask or depth map is given.
+
+    Inpainting models (9 channels) get a full mask and the latent of a mid-grey image, as A1111 does for
+    txt2img; depth models (5 channels) get a flat depth map.
+    """
+    extra = model.unet.config.in_channels - model.latent_channels
+    if extra <= 0:
+        return None
+    n, _, h, w = x.shape
+    if extra == 1:
+        return torch.zeros(n, 1, h, w, device=device, dtype=x.dtype)
+    scale = _latent_scale(model)
+    grey = Image.new("RGB", (w * scale, h * scale), (127, 127, 127))
+    latent = encode_images(model, [grey], device).to(x.dtype).expand(n, -1, -1, -1)
+    return torch.cat([torch.ones(n, 1, h, w, device=device, dtype=x.dtype), latent], dim=1)
+
+
+def _init_latent(model: SDModel, p: GenerationParams, device) -> torch.Tensor:
+    images = [image_ops.resize_image(p.resize_mode, im, p.width, p.height) for im in p.init_images]
+    latents = encode_images(model, images, device)
+    if latents.shape[0] == 1 and p.batch_size > 1:
+        latents = latents.expand(p.batch_size, *latents.shape[1:])
+    if latents.shape[0] != p.batch_size:
+        raise EngineError(f"got {latents.shape[0]} init images for a batch of {p.batch_size}")
+    return latents
+
+
+def _info_dict(ctx: ProcessingContext, p: GenerationParams, r: GenerationResult, seeds, subseeds, is_img2img) -> dict:
+    """A1111's `info` fields (the API returns this as a JSON string)."""
+    model = ctx.model
+    return {
+        "prompt": p.prompt, "all_prompts": r.prompts, "negative_prompt": p.negative_prompt,
+        "all_negative_prompts": r.negative_prompts, "seed": seeds[0], "all_seeds": r.seeds,
+        "subseed": subseeds[0], "all_subseeds": r.subseeds, "subseed_strength": p.subseed_strength,
+        "width": p.width, "height": p.height, "sampler_name": ctx.sampler.name, "cfg_scale": p.cfg_scale,
+        "steps": p.steps, "batch_size": p.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": model.file.stem, "sd_model_hash": ctx.model_hash[:10] if ctx.model_hash else None,
+        "sd_vae_name": model.vae_file.path.name if model.vae_file else None,
+        "sd_vae_hash": ctx.vae_hash[:10] if ctx.vae_hash else None,
+        "seed_resize_from_w": p.seed_resize_from_w or -1, "seed_resize_from_h": p.seed_resize_from_h or -1,
+        "denoising_strength": p.denoising_strength if is_img2img else None,
+        "extra_generation_params": dict(p.extra_generation_params), "index_of_first_image": 0,
+        "infotexts": r.infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": p.clip_skip, "is_using_inpainting_conditioning": False, "version": VERSION,
+    }

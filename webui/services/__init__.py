@@ -1,0 +1,1 @@
+"""Services above the engine: output storage, settings, the job queue."""

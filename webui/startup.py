@@ -1,0 +1,33 @@
+"""Choosing what to load at start."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .engine.paths import REPO_ROOT
+
+BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "Stable-diffusion"
+BUNDLED_MODEL_PREFIX = "demo-"
+
+
+def bundled_demo_model() -> Path | None:
+    """The small demo model that ships with the app (see docs/demo_model.md)."""
+    found = sorted(BUNDLED_MODEL_DIR.glob(BUNDLED_MODEL_PREFIX + "*.safetensors"))
+    return found[-1] if found else None
+
+
+def default_checkpoint(engine, preferred: str | None = None) -> str | Path:
+    """The setting's checkpoint if it exists, else the bundled demo model, else the first one found."""
+    names = [m.name for m in engine.models.checkpoints()]
+    if preferred and engine.models.resolve_or_none(preferred) is not None:
+        return preferred
+    demo = bundled_demo_model()
+    if demo is not None:
+        return demo
+    if names:
+        return names[0]
+    raise_no_model(engine)
+
+
+def raise_no_model(engine):
+    from .engine.errors import EngineError
+    raise EngineError(f"no checkpoint found: put a .safetensors file in {engine.paths.ckpt_dir} or pass --ckpt")
