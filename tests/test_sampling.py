@@ -102,7 +102,7 @@ def test_polyexponential_rho_1_is_exponential_and_rho_2_differs():
     torch.testing.assert_close(schedules.polyexponential(9, LO, HI, SD), schedules.exponential(9, LO, HI, SD))
     rho2 = schedules.polyexponential(9, LO, HI, SD, rho=2.0)
     assert rho2[0].item() == pytest.approx(HI) and rho2[-2].item() == pytest.approx(LO)
-    assert rho2[4].item() > schedules.exponential(9, LO, HI, SD)[4].item()
+    assert rho2[4].item() < schedules.exponential(9, LO, HI, SD)[4].item()  # ramp^2 sags toward sigma_min
 
 
 def test_align_your_steps_tables():
@@ -163,7 +163,7 @@ def _stats_run(name: str, steps: int, schedule_name: str = "Automatic", batch: i
     noise = per_image_noise_sampler(gens, shape, "cpu", torch.float32)
     x = noise(None, None) * initial_noise_scale(sampler, sigmas)
     if sampler.options.get("brownian_noise"):
-        noise = brownian_noise_sampler(x, sigmas, list(range(batch)))
+        noise = brownian_noise_sampler(x, sigmas)  # one tree for the batch: per-seed trees are tested below
     model = gaussian_denoiser(MU, DATA_STD)
     out = run_sampler(sampler, model, x, sigmas, noise_sampler=noise, **options)
     return out, model.calls, sigmas
@@ -178,15 +178,26 @@ def test_registry_has_every_a1111_sampler():
                             "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM"]
 
 
+# At 20 steps first-order samplers under-disperse this narrow target (k-diffusion does the same), and LCM
+# with a posterior-mean denoiser collapses the spread by design; everything else is within a few percent.
+MIN_STD = {"Euler": 0.85, "Euler a": 0.75, "DDIM": 0.85, "LCM": 0.55}
+
+
 @pytest.mark.parametrize("name", ALL_SAMPLERS)
 def test_every_sampler_reaches_the_data_distribution(name):
     out, calls, _ = _stats_run(name, 20)
     z = (out - MU) / DATA_STD
     assert torch.isfinite(out).all()
     assert abs(z.mean().item()) < 0.05, name
-    # LCM and the timestep samplers stop at a small positive sigma, which shrinks the spread a little
-    assert 0.9 < z.std().item() < 1.06, (name, z.std().item())
-    assert len(calls) <= 60 or name == "DPM adaptive"
+    assert MIN_STD.get(name, 0.93) < z.std().item() < 1.05, (name, z.std().item())
+    assert len(calls) <= 60
+
+
+@pytest.mark.parametrize("name", ["Euler", "Euler a", "DDIM"])
+def test_first_order_samplers_converge_with_more_steps(name):
+    std_20 = ((_stats_run(name, 20)[0] - MU) / DATA_STD).std().item()
+    std_100 = ((_stats_run(name, 100)[0] - MU) / DATA_STD).std().item()
+    assert abs(std_100 - 1) < 0.06 and abs(std_100 - 1) < abs(std_20 - 1) / 2
 
 
 @pytest.mark.parametrize("name", ["Euler", "Heun", "DPM2", "LMS", "DPM++ 2M", "DPM fast", "DPM adaptive",
@@ -197,7 +208,9 @@ def test_deterministic_samplers_land_on_a_point_mass(name):
     sigmas = build_sigmas(sampler, sched, 12, SD)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * initial_noise_scale(sampler, sigmas)
     out = run_sampler(sampler, gaussian_denoiser(MU, 0.0), x, sigmas, eta=0.0)
-    tolerance = 0.06 if sampler.options.get("uses_timesteps") else 1e-4
+    # timestep samplers stop at t = 1 (sigma 0.04), DPM fast/adaptive at sigma_min (0.03), as in A1111
+    stops_early = sampler.options.get("uses_timesteps") or name.startswith("DPM fast") or name == "DPM adaptive"
+    tolerance = 0.06 if stops_early else 1e-4
     assert (out - MU).abs().mean().item() < tolerance
 
 
@@ -366,5 +379,9 @@ def test_build_sigmas_rules():
     overridden = build_sigmas(euler, creg.get("Karras"), 5, SD, sigma_min=0.1, sigma_max=10.0, rho=1.0)
     torch.testing.assert_close(overridden, schedules.karras(5, 0.1, 10.0, rho=1.0))
     assert build_sigmas(euler, creg.get("Automatic"), 7, SD).tolist() == SD.get_sigmas(7).tolist()
+    dpmpp_2m = sreg.get("DPM++ 2M")
+    torch.testing.assert_close(build_sigmas(dpmpp_2m, creg.get("Automatic"), 7, SD), schedules.karras(7, LO, HI))
+    lcm_sigmas = build_sigmas(sreg.get("LCM"), creg.get("Automatic"), 4, SD)
+    torch.testing.assert_close(lcm_sigmas, SD.lcm_view().get_sigmas(4))
     assert initial_noise_scale(euler, sigmas) == sigmas[0]
     assert initial_noise_scale(ddim, ddim_sigmas) == pytest.approx(math.sqrt(1 + ddim_sigmas[0].item() ** 2))

@@ -7,8 +7,8 @@ checkpoints follow (formats.md, end): SD1 UNets with 8 heads, SD2/SDXL UNets and
 real CLIP vocabulary (49408 tokens) so the shipped tokenizer fits. Text encoders are 64 (CLIP-L, OpenCLIP-H
 stand-ins) and 128 (bigG stand-in) wide, so the token embeddings dominate the file sizes.
 
-Every parameter is jittered after the library's own init, so no two same-shaped tensors are equal (norm
-weights are not all ones): a layout mix-up cannot hide behind identical values.
+Every constant-initialised parameter (norm weights, zero biases) is jittered after the library's own init,
+so no two same-shaped tensors are equal: a layout mix-up cannot hide behind identical values.
 """
 from __future__ import annotations
 
@@ -166,8 +166,11 @@ def build_components(family: str, seed: int = 0) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def _jitter(module: nn.Module) -> None:
+    # Only constant-initialised tensors (norm weights, zero biases); random ones already differ.
     for p in module.parameters():
-        p.add_(torch.randn_like(p) * _JITTER_STD)
+        flat = p.view(-1)
+        if flat[0] == flat[-1] and bool((flat == flat[0]).all()):
+            p.add_(torch.randn_like(p) * _JITTER_STD)
 
 
 def checkpoint_state_dict(family: str, components: dict[str, nn.Module], real_file_extras: bool = True,

@@ -6,7 +6,6 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-Denoiser = Callable[..., Tensor]
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Optional[Callable[[dict], Any]]
 

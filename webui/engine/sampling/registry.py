@@ -49,8 +49,8 @@ class SamplerInfo:
     func: Callable[..., Tensor]
     aliases: tuple[str, ...] = ()
     default_scheduler: str = AUTOMATIC
-    options: Mapping[str, Any] = field(default_factory=dict)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "aliases", tuple(self.aliases))
@@ -220,6 +220,7 @@ def resolve_sampler_and_schedule(sampler_reg: SamplerRegistry, schedule_reg: Sch
 
 
 def model_schedule(sampler: SamplerInfo, schedule: DiscreteSchedule) -> DiscreteSchedule:
+    """The table a sampler runs on: the model's, or LCM's coarse 50-step view (its denoiser needs it too)."""
     return schedule.lcm_view() if sampler.options.get("lcm_schedule") else schedule
 
 
@@ -229,7 +230,8 @@ def build_sigmas(sampler: SamplerInfo, schedule_info: ScheduleInfo, steps: int, 
                  **schedule_opts) -> Tensor:
     """The sigmas for `steps` steps, as A1111's `KDiffusionSampler.get_sigmas` / `get_timesteps` make them.
 
-    Timestep samplers use their own uniform-timestep sigmas and ignore `schedule_info`. Otherwise the schedule
+    Timestep samplers use their own uniform-timestep sigmas and ignore `schedule_info`; an unresolved
+    Automatic stands for the sampler's default schedule (see `resolve_sampler_and_schedule`). Otherwise the schedule
     gets the model's sigma range (or the sigma_min/sigma_max overrides) and, for discard_next_to_last_sigma
     samplers, one step more with the penultimate sigma dropped afterwards. `schedule_opts` go to the schedule
     function (rho, is_sdxl, dist_alpha, dist_beta).
@@ -242,6 +244,8 @@ def build_sigmas(sampler: SamplerInfo, schedule_info: ScheduleInfo, steps: int, 
         return timestep.unipc_sigmas(schedule, steps, discard).to(device)
     if kind is not None:
         return timestep.timestep_sigmas(schedule, steps, discard).to(device)
+    if schedule_info.name == AUTOMATIC and sampler.default_scheduler != AUTOMATIC:
+        schedule_info = default_schedule_registry().get(sampler.default_scheduler)
     model = model_schedule(sampler, schedule)
     n = steps + 1 if discard else steps
     if schedule_info.func is None:
