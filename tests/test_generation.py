@@ -230,3 +230,29 @@ def test_resize_modes():
     fill = image_ops.resize_image(2, wide, 64, 64)
     assert fill.size == (64, 64)
     assert fill.getpixel((32, 1)) == fill.getpixel((32, 17))             # top band stretched from the edge row
+
+
+def test_clip_skip_changes_conditioning_and_is_recorded(sd1_engine):
+    one = sd1_engine.txt2img(small_params(clip_skip=1, steps=2))
+    two = sd1_engine.txt2img(small_params(clip_skip=2, steps=2))
+    assert one.images[0].tobytes() != two.images[0].tobytes()
+    assert "Clip skip: 2" in two.infotexts[0] and "Clip skip" not in one.infotexts[0]
+
+
+def test_long_prompts_are_chunked_not_truncated(sd1_engine):
+    encoder = sd1_engine.models.current.prompt_encoder
+    long_prompt = ", ".join(["red circle"] * 60)
+    cond = encoder.encode([(long_prompt, 1.0)])
+    assert cond.context.shape[1] == 77 * encoder.chunk_count([(long_prompt, 1.0)]) and cond.context.shape[1] >= 154
+    changed = encoder.encode([(long_prompt + ", blue", 1.0)])
+    assert not torch.equal(cond.context, changed.context)
+    pos, neg = encoder.encode_pair([(long_prompt, 1.0)], [("", 1.0)])
+    assert pos.context.shape == neg.context.shape
+
+
+def test_token_weights_scale_embeddings_and_keep_the_mean(sd1_engine):
+    encoder = sd1_engine.models.current.prompt_encoder
+    plain = encoder.encode([("a red circle", 1.0)]).context
+    weighted = encoder.encode([("a red ", 1.0), ("circle", 1.5)]).context
+    assert torch.allclose(plain.mean(), weighted.mean(), atol=1e-5)
+    assert not torch.allclose(plain, weighted)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .engine.errors import EngineError
 from .engine.paths import REPO_ROOT
 
 BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "Stable-diffusion"
@@ -16,18 +17,13 @@ def bundled_demo_model() -> Path | None:
 
 
 def default_checkpoint(engine, preferred: str | None = None) -> str | Path:
-    """The setting's checkpoint if it exists, else the bundled demo model, else the first one found."""
-    names = [m.name for m in engine.models.checkpoints()]
+    """The preferred checkpoint if it exists, else the bundled demo model, else the first one found."""
     if preferred and engine.models.resolve_or_none(preferred) is not None:
         return preferred
     demo = bundled_demo_model()
     if demo is not None:
         return demo
-    if names:
-        return names[0]
-    raise_no_model(engine)
-
-
-def raise_no_model(engine):
-    from .engine.errors import EngineError
+    checkpoints = engine.models.checkpoints()
+    if checkpoints:
+        return checkpoints[0].name
     raise EngineError(f"no checkpoint found: put a .safetensors file in {engine.paths.ckpt_dir} or pass --ckpt")

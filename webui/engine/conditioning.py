@@ -92,9 +92,10 @@ class TextEncoder:
         z, pooled = self.hidden(ids, clip_skip)
         weights = torch.tensor([c.weights for c in chunks], device=z.device, dtype=z.dtype)
         if (weights != 1).any():
-            original_mean = z.mean()
+            # Per chunk, as A1111: scale each token, then restore the chunk's original mean.
+            original_mean = z.mean(dim=(1, 2), keepdim=True)
             z = z * weights.unsqueeze(-1)
-            z = z * (original_mean / z.mean())
+            z = z * (original_mean / z.mean(dim=(1, 2), keepdim=True))
         pooled = pooled[:1] if pooled is not None else None
         return z.reshape(1, -1, z.shape[-1]), pooled
 
