@@ -83,12 +83,17 @@ def test_prediction_type_from_sidecar_and_override(tmp_path):
     assert overridden.load_checkpoint(eps.name).prediction_type == "epsilon"
 
 
+def _count_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    original = safe_load.load_state_dict
+    monkeypatch.setattr("webui.engine.model_manager.load_state_dict", lambda p: reads.append(Path(p).name) or original(p))
+    return reads
+
+
 def test_cached_checkpoint_is_not_read_again(checkpoints, monkeypatch):
     a, b = checkpoints.path("sd1"), checkpoints.path("sd1", name="sd1-second", seed=3)
     engine = _engine(checkpoints.data_dir, ckpt_cache=2)
-    reads = []
-    original = safe_load.load_state_dict
-    monkeypatch.setattr("webui.engine.model_manager.load_state_dict", lambda p: reads.append(Path(p).name) or original(p))
+    reads = _count_reads(monkeypatch)
     first = engine.load_checkpoint(a.name)
     second = engine.load_checkpoint(b.name)
     again = engine.load_checkpoint(a.name)
@@ -100,9 +105,7 @@ def test_cached_checkpoint_is_not_read_again(checkpoints, monkeypatch):
 def test_cache_size_one_evicts(checkpoints, monkeypatch):
     a, b = checkpoints.path("sd1"), checkpoints.path("sd1", name="sd1-second", seed=3)
     engine = _engine(checkpoints.data_dir, ckpt_cache=1)
-    reads = []
-    original = safe_load.load_state_dict
-    monkeypatch.setattr("webui.engine.model_manager.load_state_dict", lambda p: reads.append(Path(p).name) or original(p))
+    reads = _count_reads(monkeypatch)
     engine.load_checkpoint(a.name)
     engine.load_checkpoint(b.name)
     engine.load_checkpoint(a.name)

@@ -22,13 +22,8 @@ from torch import Tensor, nn
 
 from webui.atomic_files import atomic_output
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-SD1_TE_PREFIX = "cond_stage_model.transformer."
-SD2_TE_PREFIX = "cond_stage_model.model."
-SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
-REFINER_TE_PREFIX = "conditioner.embedders.0.model."
+from webui.engine.detect import (REFINER_TE_PREFIX, SD1_TE_PREFIX, SD2_TE_PREFIX, SDXL_TE1_PREFIX,  # noqa: F401
+                                 SDXL_TE2_PREFIX, UNET_PREFIX, VAE_PREFIX)
 
 ARCHS = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 
