@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from PIL import Image
 
@@ -47,19 +48,25 @@ class App:
 
     # ---- generation through the queue ------------------------------------------------------------
     def submit(self, kind: str, params: GenerationParams, owner: str = "local", save: bool | None = None,
-               job_id: str | None = None) -> Job:
-        """Queue a txt2img or img2img job; the result's images are saved per the settings."""
+               job_id: str | None = None, around: Callable[[], ContextManager] | None = None,
+               meta: dict | None = None) -> Job:
+        """Queue a txt2img or img2img job; the result's images are saved per the settings.
+
+        `around`, if given, makes a context manager entered on the worker around the generation (for
+        per-request model or setting overrides that must be undone even when the job fails).
+        """
         params.validate(img2img=kind == "img2img")
         save = self.settings.get("samples_save") if save is None else save
 
         def run(control, progress) -> GenerationResult:
-            generate = self.engine.img2img if kind == "img2img" else self.engine.txt2img
-            result = generate(params, control, progress)
+            with around() if around is not None else nullcontext():
+                generate = self.engine.img2img if kind == "img2img" else self.engine.txt2img
+                result = generate(params, control, progress)
             if save:
                 result.info["saved_paths"] = [str(p) for p in self.save_result(kind, result)]
             return result
 
-        return self.queue.submit(kind, run, owner=owner, job_id=job_id)
+        return self.queue.submit(kind, run, owner=owner, job_id=job_id, meta=meta)
 
     def save_result(self, kind: str, result: GenerationResult) -> list[Path]:
         fmt = self.settings.get("samples_format")

@@ -49,9 +49,14 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     fields = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ()) if part != "body"]
-        fields.append((".".join(loc) or "body", str(err.get("msg", "invalid value")), str(err.get("type", "value_error"))))
+        msg, typ = str(err.get("msg", "invalid value")), str(err.get("type", "value_error"))
+        fields.append((".".join(loc) or "body", msg, typ))
     message = "; ".join(f"{name}: {msg}" for name, msg, _ in fields)
     return JSONResponse(error_body("ValidationError", message, fields), status_code=422)
+
+
+def _field_response(field: str, message: str, status: int = 422, kind: str = "ValidationError") -> JSONResponse:
+    return JSONResponse(error_body(kind, message, [(field, message, "value_error")]), status_code=status)
 
 
 def exception_response(exc: Exception) -> JSONResponse:
@@ -59,24 +64,29 @@ def exception_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         return _validation_response(exc)
     if isinstance(exc, ApiError):
-        fields = [(exc.field, exc.message, "value_error")] if exc.field else []
-        return JSONResponse(error_body(exc.kind, str(exc), fields), status_code=exc.status)
+        if exc.field:
+            return _field_response(exc.field, str(exc), exc.status, exc.kind)
+        return JSONResponse(error_body(exc.kind, str(exc)), status_code=exc.status)
     if isinstance(exc, InvalidParameterError):
-        return JSONResponse(error_body("ValidationError", str(exc), [(exc.field, str(exc), "value_error")]), 422)
+        return _field_response(exc.field, str(exc))
     if isinstance(exc, UnknownSamplerError):
-        return JSONResponse(error_body("ValidationError", f"sampler_name: {exc}", [("sampler_name", str(exc), "value_error")]), 422)
+        return _field_response("sampler_name", f"sampler_name: {exc}")
     if isinstance(exc, UnknownScheduleError):
-        return JSONResponse(error_body("ValidationError", f"scheduler: {exc}", [("scheduler", str(exc), "value_error")]), 422)
-    if isinstance(exc, QueueFullError):
-        return JSONResponse(error_body("QueueFull", str(exc)), status_code=503)
-    if isinstance(exc, JobNotFound):
-        return JSONResponse(error_body("JobNotFound", str(exc)), status_code=404)
-    if isinstance(exc, CheckpointError):
-        return JSONResponse(error_body("CheckpointError", str(exc)), status_code=500)
-    if isinstance(exc, EngineError):
-        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=400)
+        return _field_response("scheduler", f"scheduler: {exc}")
+    for kinds, status, name in _STATUS:
+        if isinstance(exc, kinds):
+            return JSONResponse(error_body(name or type(exc).__name__, str(exc)), status_code=status)
     log.exception("API request failed")
     return JSONResponse(error_body(type(exc).__name__, f"{type(exc).__name__}: {exc}"), status_code=500)
+
+
+# Errors without a field, most specific first: (exception types, HTTP status, error name or None for the type's).
+_STATUS: list[tuple[type | tuple[type, ...], int, str | None]] = [
+    (QueueFullError, 503, "QueueFull"),
+    (JobNotFound, 404, "JobNotFound"),
+    (CheckpointError, 500, "CheckpointError"),
+    (EngineError, 400, None),
+]
 
 
 class ApiRoute(APIRoute):
