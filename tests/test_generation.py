@@ -256,3 +256,34 @@ def test_token_weights_scale_embeddings_and_keep_the_mean(sd1_engine):
     weighted = encoder.encode([("a red ", 1.0), ("circle", 1.5)]).context
     assert torch.allclose(plain.mean(), weighted.mean(), atol=1e-5)
     assert not torch.allclose(plain, weighted)
+
+
+def test_vae_nan_in_reduced_precision_is_redone_in_fp32(sd1_engine, caplog):
+    """A GPU fp16 VAE can overflow to NaN; the decode is redone in fp32 and the log says so."""
+    from webui.engine.processing import decode_latents
+
+    model = sd1_engine.models.current
+    vae = model.vae
+    real_decode = vae.decode
+
+    def flaky_decode(z, *a, **kw):
+        out = real_decode(z.to(vae.dtype), *a, **kw)
+        if vae.dtype != torch.float32:
+            out.sample = torch.full_like(out.sample, float("nan"))
+        return out
+
+    latents = torch.randn(1, 4, 8, 8)
+    saved = {k: v.clone() for k, v in vae.state_dict().items()}
+    vae.to(torch.bfloat16).to(torch.float32)       # weights now exactly representable in bf16
+    expected = decode_latents(model, latents)
+    vae.to(torch.bfloat16)
+    vae.decode = flaky_decode
+    try:
+        with caplog.at_level("WARNING"):
+            out = decode_latents(model, latents)
+    finally:
+        del vae.decode
+        vae.to(torch.float32)
+        vae.load_state_dict(saved)
+    assert torch.isfinite(out).all() and torch.allclose(out, expected, atol=1e-5)
+    assert "redoing it in fp32" in caplog.text
