@@ -255,6 +255,7 @@ def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | 
         else:
             x = init_latent + noise * sigmas[0]
         samples = state.run(x, sigmas, cond, uncond, rng, added, _image_conditioning(model, x, device))
+        state.done = (b + 1) * (len(sigmas) - 1)   # a skipped batch counts as finished for progress
         if samples is None:
             continue
         if torch.isnan(samples).any():

@@ -1,0 +1,49 @@
+"""The whole page: the quicksettings bar above the tabs, then txt2img, img2img, Inpaint, Outpaint, Depth,
+Extras, PNG Info, Settings and Extensions."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..app import App
+from . import generation_tab, pending_tabs, pnginfo_tab, quicksettings, send_to, settings_tab
+
+TITLE = "Stable Diffusion studio"
+
+
+def build_ui(app: App) -> gr.Blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        qs = quicksettings.build(app)
+        jobs = {name: generation_tab.job_state(name) for name in ("txt2img", "img2img")}
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                txt2img = generation_tab.build(app, "txt2img", qs.clip_skip, jobs["txt2img"])
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = generation_tab.build(app, "img2img", qs.clip_skip, jobs["img2img"])
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inpaint_image = pending_tabs.build_inpaint()
+            with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
+                outpaint_image = pending_tabs.build_outpaint()
+            with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
+                depth_image = pending_tabs.build_depth()
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_image = pending_tabs.build_extras()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo_tab.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_tab.build(app)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                pending_tabs.build_extensions(app)
+        pending = pending_tabs.PendingTabs(inpaint_image, outpaint_image, depth_image, extras_image)
+        send_to.wire(app, send_to.Targets(txt2img, img2img, pending, qs.clip_skip), png)
+        _on_page_load(app, demo, qs, [txt2img, img2img])
+    return demo
+
+
+def _on_page_load(app: App, demo: gr.Blocks, qs: quicksettings.QuickSettings,
+                  tabs: list[generation_tab.GenerationTab]) -> None:
+    """Show the models in use now, and reconnect each tab to the job it was following before a reload."""
+    demo.load(lambda: quicksettings.on_page_load(app), None, [qs.checkpoint, qs.vae],
+              show_progress="hidden", api_visibility="private", concurrency_limit=None)
+    for tab in tabs:
+        demo.load(generation_tab.make_follower(app, tab), tab.job, tab.view.outputs(), show_progress="hidden",
+                  api_visibility="private", concurrency_limit=None)
