@@ -213,3 +213,12 @@ def test_publish_exclusive_refuses_existing(tmp_path):
     assert dest.read_text() == "old" and tmp.exists()
     publish_exclusive(tmp, tmp_path / "free.txt")
     assert (tmp_path / "free.txt").read_text() == "new" and not tmp.exists()
+
+
+def test_folder_override_from_settings(tmp_path):
+    from PIL import Image
+
+    storage = OutputStorage(tmp_path / "outputs")
+    storage.folder_overrides["txt2img"] = tmp_path / "mine"
+    saved = storage.save(Image.new("RGB", (8, 8)), "txt2img", seed=3, infotext="x")
+    assert saved.parent.parent == tmp_path / "mine" and saved.name == "00000-3.png"

@@ -44,7 +44,30 @@ class App:
             args.vae = settings.get("sd_vae")
         engine = make_engine(args, prediction_overrides=_overrides(settings))
         queue = InProcessQueue(max_size=settings.get("queue_max_size"))
-        return cls(engine=engine, settings=settings, storage=OutputStorage(paths.outputs_dir), queue=queue, args=args)
+        app = cls(engine=engine, settings=settings, storage=OutputStorage(paths.outputs_dir), queue=queue, args=args)
+        settings.on_change(app.apply_settings)
+        startup = {k: v for k, v in settings.values.items() if k in settings.options}
+        if args.ckpt_cache:   # the command-line flag wins over the saved setting
+            startup.pop("sd_checkpoints_limit", None)
+        app.apply_settings(startup)
+        return app
+
+    def apply_settings(self, changed: dict[str, Any]) -> None:
+        """Settings that take effect at once, without a restart."""
+        if "queue_max_size" in changed:
+            self.queue.max_size = int(changed["queue_max_size"])
+        if "sd_checkpoints_limit" in changed:
+            self.engine.models.cache_size = int(changed["sd_checkpoints_limit"])
+        if "sd2_prediction_overrides" in changed:
+            self.engine.models.prediction_overrides.clear()
+            self.engine.models.prediction_overrides.update(_overrides(self.settings))
+        for kind, key in (("txt2img", "outdir_txt2img_samples"), ("img2img", "outdir_img2img_samples")):
+            if key in changed:
+                value = str(changed[key] or "").strip()
+                if value:
+                    self.storage.folder_overrides[kind] = Path(value)
+                else:
+                    self.storage.folder_overrides.pop(kind, None)
 
     # ---- generation through the queue ------------------------------------------------------------
     def submit(self, kind: str, params: GenerationParams, owner: str = "local", save: bool | None = None,

@@ -19,7 +19,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-dir", type=Path, help="LoRA folder (default: DATA/models/Lora)")
     g.add_argument("--embeddings-dir", type=Path, help="textual-inversion folder (default: DATA/models/embeddings)")
     g.add_argument("--ckpt", type=str, help="checkpoint to load at start (a path or a name from the checkpoint folder)")
-    g.add_argument("--ckpt-cache", type=int, default=1, help="how many loaded checkpoints to keep in RAM (default 1)")
+    g.add_argument("--ckpt-cache", type=int, help="how many loaded checkpoints to keep in RAM (default: the setting, 1)")
     g.add_argument("--vae", type=str, help="VAE: Automatic (default), None, or a file name from the VAE folder")
     g.add_argument("--device", type=str, help="torch device (default: cuda, then mps, then cpu)")
     g.add_argument("--no-half", action="store_true", help="keep the UNet and text encoders in fp32 on GPU")
@@ -77,7 +77,7 @@ def make_engine(args: argparse.Namespace, prediction_overrides: dict[str, str] |
 
     paths = DataPaths.create(args.data_dir, args.ckpt_dir, args.vae_dir, args.lora_dir, args.embeddings_dir)
     extra = [Path(args.ckpt)] if args.ckpt and Path(args.ckpt).exists() else []
-    engine = Engine(paths, device=args.device, ckpt_cache=args.ckpt_cache, no_half=args.no_half,
+    engine = Engine(paths, device=args.device, ckpt_cache=args.ckpt_cache or 1, no_half=args.no_half,
                     no_half_vae=args.no_half_vae, prediction_overrides=prediction_overrides, extra_checkpoints=extra)
     engine.models.set_vae(args.vae or "Automatic")
     engine.load_checkpoint(args.ckpt or default_checkpoint(engine))

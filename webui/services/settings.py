@@ -81,6 +81,7 @@ class Settings:
     path: Path
     options: dict[str, Option] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -133,7 +134,13 @@ class Settings:
         with self._lock:
             self.values.update(checked)
             self.save()
+        for listener in self.listeners:
+            listener(checked)
         return checked
+
+    def on_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """`listener(changed)` runs after every successful update, with the changed keys and values."""
+        self.listeners.append(listener)
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

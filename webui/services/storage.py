@@ -40,13 +40,15 @@ def next_sequence_number(folder: Path) -> int:
 class OutputStorage:
     def __init__(self, outputs_dir: str | os.PathLike[str]):
         self.outputs_dir = Path(outputs_dir)
+        self.folder_overrides: dict[str, Path] = {}   # kind → folder chosen in settings (A1111's outdir_*)
         self._lock = threading.Lock()
 
     def folder(self, kind: str, date: datetime.date | None = None) -> Path:
         if not RE_KIND.match(kind):
             raise ValueError(f"invalid output kind: {kind!r}")
         date = date or datetime.date.today()
-        return self.outputs_dir / f"{kind}-images" / date.isoformat()
+        base = self.folder_overrides.get(kind) or self.outputs_dir / f"{kind}-images"
+        return Path(base) / date.isoformat()
 
     def save(self, image: Image.Image, kind: str, seed: int, infotext: str | None = None,
              date: datetime.date | None = None, extension: str = "png", **save_kwargs: Any) -> Path:

@@ -14,7 +14,6 @@ from . import html
 # Shown in the bar above the tabs instead (A1111 leaves quicksettings out of this page too).
 QUICK_KEYS = frozenset({"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"})
 # Read once when the app starts.
-RESTART_KEYS = frozenset({"sd_checkpoints_limit", "queue_max_size", "sd2_prediction_overrides"})
 # Read when the page is built.
 RELOAD_KEYS = frozenset({"default_sampler", "default_scheduler"})
 
@@ -101,9 +100,6 @@ def _from_form(option: Option, value):
 
 def _applied_text(applied: dict) -> str:
     text = f"Saved {len(applied)} setting(s): {', '.join(applied)}."
-    later = sorted(set(applied) & RESTART_KEYS)
-    if later:
-        text += f" Takes effect after a restart: {', '.join(later)}."
     reload = sorted(set(applied) & RELOAD_KEYS)
     if reload:
         text += f" Takes effect when the page is reloaded: {', '.join(reload)}."
