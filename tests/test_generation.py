@@ -72,6 +72,9 @@ def test_resize_seed_from_keeps_the_centre_of_the_smaller_noise():
     assert torch.equal(big[0, :, 2:6, 2:6], small[0])
     crop = ImageRNG((4, 2, 2), [9], seed_resize_from=(32, 32)).first()
     assert torch.equal(crop[0], small[0, :, 1:3, 1:3])
+    # a VAE that downsamples ×4 (the demo model's) reads "from 16×16" as a 4×4 latent
+    x4 = ImageRNG((4, 8, 8), [9], seed_resize_from=(16, 16), latent_scale=4).first()
+    assert torch.equal(x4[0, :, 2:6, 2:6], small[0])
 
 
 def test_infotext_round_trip_regenerates_identical_pixels(sd1_engine, tmp_path):

@@ -50,19 +50,21 @@ class ImageRNG:
     """Per-image noise source for one batch. `first()` is the initial noise; `next()` each later draw."""
 
     def __init__(self, shape: tuple[int, int, int], seeds: list[int], subseeds: list[int] | None = None,
-                 subseed_strength: float = 0.0, seed_resize_from: tuple[int, int] | None = None):
+                 subseed_strength: float = 0.0, seed_resize_from: tuple[int, int] | None = None,
+                 latent_scale: int = 8):
         self.shape = tuple(shape)
         self.seeds = list(seeds)
         self.subseeds = list(subseeds) if subseeds else None
         self.subseed_strength = float(subseed_strength)
         self.resize_from = seed_resize_from if seed_resize_from and min(seed_resize_from) > 0 else None
+        self.latent_scale = latent_scale
         self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
 
     def _noise_shape(self) -> tuple[int, int, int]:
         if self.resize_from is None:
             return self.shape
         w, h = self.resize_from
-        return (self.shape[0], h // 8, w // 8)
+        return (self.shape[0], h // self.latent_scale, w // self.latent_scale)
 
     def _first_for(self, i: int) -> torch.Tensor:
         shape, gen = self._noise_shape(), self.generators[i]
