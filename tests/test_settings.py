@@ -43,6 +43,8 @@ def test_running_app_applies_changes(checkpoints, tmp_path):
                              "outdir_txt2img_samples": str(tmp_path / "custom"),
                              "sd2_prediction_overrides": json.dumps({"x.safetensors": "v_prediction"})})
         assert app.queue.max_size == 3 and app.engine.models.cache_size == 4
+        app.settings.update({"emphasis": "No norm", "pad_cond_uncond": True})
+        assert app.engine.prompt_options.emphasis == "No norm" and app.engine.prompt_options.pad_conds
         assert app.engine.models.prediction_overrides == {"x.safetensors": "v_prediction"}
         assert app.storage.folder("txt2img").parent == tmp_path / "custom"
         app.settings.update({"outdir_txt2img_samples": ""})

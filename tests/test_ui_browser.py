@@ -158,9 +158,12 @@ def test_each_tab_renders_without_console_errors(page):
         assert page.locator(f"#tab_{tab_id}").is_visible(), label
         time.sleep(0.3)  # let lazily rendered tab content settle before the screenshot
         shoot(page, tab_id)
-    for tab_id in ("inpaint", "outpaint", "depth", "extras", "extensions"):
+    for tab_id in ("extras", "extensions"):
         open_tab(page, tab_id)
         assert "not available yet" in page.inner_text(f"#tab_{tab_id}")
+    for tab_id in ("inpaint", "outpaint", "depth"):
+        open_tab(page, tab_id)
+        assert "not available yet" not in page.inner_text(f"#tab_{tab_id}")
     open_tab(page, "txt2img")
     assert page.errors == []
 
@@ -367,8 +370,14 @@ def test_build_params_converts_browser_numbers():
     assert set(COMMON_FIELDS) <= set(FORM)
 
 
+HIRES_FORM = {"enable_hr": True, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_denoising_strength": 0.7,
+              "hr_scale": 2.0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": "Use same checkpoint",
+              "hr_sampler_name": "Use same sampler", "hr_prompt": "", "hr_negative_prompt": "",
+              "refiner_checkpoint": None, "refiner_switch_at": 0.8}
+
+
 @pytest.mark.parametrize("change, field", [({"steps": 6.5}, "steps"), ({"seed": None}, "seed"),
-                                           ({"enable_hr": True}, "hires_fix")])
+                                           (HIRES_FORM | {"hr_second_pass_steps": 2.5}, "hr_second_pass_steps")])
 def test_build_params_refuses_with_the_field_name(change, field):
     with pytest.raises(InvalidParameterError) as err:
         build_params(FORM | change, clip_skip=1)
@@ -404,3 +413,9 @@ def test_insert_tag_appends_once():
     assert insert_tag("", "<lora:a:1>") == "<lora:a:1>"
     assert insert_tag("cat ", "<lora:a:1>") == "cat <lora:a:1>"
     assert insert_tag("cat <lora:a:1>", "<lora:a:1>") == "cat <lora:a:1>"
+
+
+def test_build_params_maps_hires_fields():
+    p = build_params(FORM | HIRES_FORM | {"hr_second_pass_steps": 4.0, "hr_sampler_name": "Euler"}, clip_skip=1)
+    assert p.enable_hr and p.hr_upscaler == "Latent" and p.hr_scale == 2.0 and p.hr_second_pass_steps == 4
+    assert p.denoising_strength == 0.7 and p.hr_sampler_name == "Euler" and p.hr_checkpoint_name is None

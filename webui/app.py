@@ -42,7 +42,7 @@ class App:
         args.ckpt = args.ckpt or settings.get("sd_model_checkpoint") or None
         if args.ckpt and not args.vae:
             args.vae = settings.get("sd_vae")
-        engine = make_engine(args, prediction_overrides=_overrides(settings))
+        engine = make_engine(args, prediction_overrides=_overrides(settings), require_model=False)
         queue = InProcessQueue(max_size=settings.get("queue_max_size"))
         app = cls(engine=engine, settings=settings, storage=OutputStorage(paths.outputs_dir), queue=queue, args=args)
         settings.on_change(app.apply_settings)
@@ -61,6 +61,11 @@ class App:
         if "sd2_prediction_overrides" in changed:
             self.engine.models.prediction_overrides.clear()
             self.engine.models.prediction_overrides.update(_overrides(self.settings))
+        prompt_options = self.engine.prompt_options
+        for key, attr in (("emphasis", "emphasis"), ("comma_padding_backtrack", "comma_padding_backtrack"),
+                          ("sdxl_clip_l_skip", "sdxl_clip_l_skip"), ("pad_cond_uncond", "pad_conds")):
+            if key in changed:
+                setattr(prompt_options, attr, changed[key])
         for kind, key in (("txt2img", "outdir_txt2img_samples"), ("img2img", "outdir_img2img_samples")):
             if key in changed:
                 value = str(changed[key] or "").strip()

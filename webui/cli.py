@@ -70,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_engine(args: argparse.Namespace, prediction_overrides: dict[str, str] | None = None):
+def make_engine(args: argparse.Namespace, prediction_overrides: dict[str, str] | None = None,
+                require_model: bool = True):
+    """The engine with the startup checkpoint loaded. Without `require_model`, a missing or broken
+    startup checkpoint is logged and the engine starts empty (the server then says how to add one)."""
     from .engine.engine import Engine
+    from .engine.errors import EngineError
     from .engine.paths import DataPaths
     from .startup import default_checkpoint
 
@@ -80,7 +84,12 @@ def make_engine(args: argparse.Namespace, prediction_overrides: dict[str, str] |
     engine = Engine(paths, device=args.device, ckpt_cache=args.ckpt_cache or 1, no_half=args.no_half,
                     no_half_vae=args.no_half_vae, prediction_overrides=prediction_overrides, extra_checkpoints=extra)
     engine.models.set_vae(args.vae or "Automatic")
-    engine.load_checkpoint(args.ckpt or default_checkpoint(engine))
+    try:
+        engine.load_checkpoint(args.ckpt or default_checkpoint(engine))
+    except EngineError as exc:
+        if require_model:
+            raise
+        logging.getLogger(__name__).error("starting without a model: %s", exc)
     return engine
 
 

@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from ..engine import depth
 from ..engine.errors import CheckpointError, InvalidParameterError
+from ..engine.hires import chosen
 from ..engine.infotext import parse_infotext
 from ..engine.model_files import ModelFile
 from ..engine.params import GenerationParams
@@ -32,6 +34,11 @@ SUPPORTED_FIELDS = frozenset({
     "override_settings_restore_afterwards", "send_images", "save_images", "force_task_id", "infotext",
     "do_not_save_samples", "do_not_save_grid", "script_name", "script_args", "init_images", "resize_mode",
     "denoising_strength", "include_init_images", "comments",
+    # inpainting, depth, hires fix and refiner (see `_inpaint_params`, `_hires_params`)
+    "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res",
+    "inpaint_full_res_padding", "inpainting_mask_invert", "depth_map", "enable_hr", "hr_scale", "hr_upscaler",
+    "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler",
+    "hr_prompt", "hr_negative_prompt", "refiner_checkpoint", "refiner_switch_at",
 })
 SAMPLER_OPTION_FIELDS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
@@ -42,7 +49,16 @@ INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
     "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int), "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float), "Seed resize from-1": ("seed_resize_from_w", int),
     "Seed resize from-2": ("seed_resize_from_h", int), "Denoising strength": ("denoising_strength", float),
+    "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str), "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+    "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
+    "Hires checkpoint": ("hr_checkpoint_name", str), "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str), "Refiner": ("refiner_checkpoint", str),
+    "Refiner switch at": ("refiner_switch_at", float), "Mask blur": ("mask_blur", int),
+    "Masked area padding": ("inpaint_full_res_padding", int),
 }
+HIRES_INFOTEXT_KEYS = ("Hires upscale", "Hires resize-1", "Hires resize-2")
 
 
 @dataclass
@@ -78,6 +94,7 @@ def prepare(api: ApiContext, req: GenerationRequest, kind: str) -> PreparedJob:
     params = _params(api, values, kind, clip_skip)
     _check_sampler(api, params, values)
     params.validate(img2img=kind == "img2img")
+    _check_depth(api, params, overrides, kind)
     return PreparedJob(kind=kind, params=params, overrides=overrides, save=bool(values.get("save_images")),
                        send_images=values.get("send_images") is not False, job_id=values.get("force_task_id"),
                        echo=_echo(req), ignored=_ignored(req) + ignored_settings)
@@ -100,6 +117,8 @@ def _with_infotext(req: GenerationRequest) -> dict[str, Any]:
             values[name] = typ(parsed[key])
         except (TypeError, ValueError):
             raise field_error("infotext", f"{key}: cannot read {parsed[key]!r} as {typ.__name__}") from None
+    if "enable_hr" in values and "enable_hr" not in explicit and any(k in parsed for k in HIRES_INFOTEXT_KEYS):
+        values["enable_hr"] = True
     if "Clip skip" in parsed:
         settings = dict(values.get("override_settings") or {})
         settings.setdefault("CLIP_stop_at_last_layers", parsed["Clip skip"])
@@ -132,7 +151,62 @@ def _params(api: ApiContext, values: dict[str, Any], kind: str, clip_skip: int) 
         p.resize_mode = _value(values, "resize_mode", 0)
         p.init_images = _init_images(api, values)
         p.batch_size = _batch_for_images(len(p.init_images), p.batch_size)
+        _inpaint_params(api, values, p)
+    else:
+        _hires_params(api, values, p)
+    _refiner_params(api, values, p)
+    if values.get("depth_map"):
+        p.depth_map = decode_image(values["depth_map"], "depth_map", api.app.settings.get("img_max_pixels"))
     return p
+
+
+def _inpaint_params(api: ApiContext, values: dict[str, Any], p: GenerationParams) -> None:
+    """A1111's API defaults differ from its UI: fill, "only masked" and padding 0."""
+    if not values.get("mask"):
+        return
+    p.mask = decode_image(values["mask"], "mask", api.app.settings.get("img_max_pixels"))
+    blur = values.get("mask_blur")
+    p.mask_blur_x = blur if blur is not None else _value(values, "mask_blur_x", 4)
+    p.mask_blur_y = blur if blur is not None else _value(values, "mask_blur_y", 4)
+    p.mask_round = values.get("mask_round") is not False
+    p.inpainting_fill = _value(values, "inpainting_fill", 0)
+    p.inpaint_full_res = values.get("inpaint_full_res") is not False
+    p.inpaint_full_res_padding = _value(values, "inpaint_full_res_padding", 0)
+    p.inpainting_mask_invert = bool(_value(values, "inpainting_mask_invert", 0))
+
+
+def _hires_params(api: ApiContext, values: dict[str, Any], p: GenerationParams) -> None:
+    if not values.get("enable_hr"):
+        return
+    p.enable_hr = True
+    p.denoising_strength = _value(values, "denoising_strength", 0.75)
+    p.hr_scale = _value(values, "hr_scale", 2.0)
+    p.hr_upscaler = values.get("hr_upscaler") or "Latent"
+    p.hr_second_pass_steps = _value(values, "hr_second_pass_steps", 0)
+    p.hr_resize_x = _value(values, "hr_resize_x", 0)
+    p.hr_resize_y = _value(values, "hr_resize_y", 0)
+    p.hr_prompt = _value(values, "hr_prompt", "")
+    p.hr_negative_prompt = _value(values, "hr_negative_prompt", "")
+    p.hr_sampler_name, p.hr_scheduler = chosen(values.get("hr_sampler_name")), chosen(values.get("hr_scheduler"))
+    name = chosen(values.get("hr_checkpoint_name"))
+    p.hr_checkpoint_name = api.resolve_checkpoint(name, "hr_checkpoint_name").name if name else None
+    if p.hr_sampler_name or p.hr_scheduler:
+        engine = api.app.engine
+        try:
+            resolve_sampler_and_schedule(engine.samplers, engine.schedules, p.hr_sampler_name or p.sampler_name,
+                                         p.hr_scheduler or p.scheduler)
+        except UnknownSamplerError as exc:
+            raise field_error("hr_sampler_name", str(exc)) from None
+        except UnknownScheduleError as exc:
+            raise field_error("hr_scheduler", str(exc)) from None
+
+
+def _refiner_params(api: ApiContext, values: dict[str, Any], p: GenerationParams) -> None:
+    name = chosen(values.get("refiner_checkpoint"))
+    if not name:
+        return
+    p.refiner_checkpoint = api.resolve_checkpoint(name, "refiner_checkpoint").name
+    p.refiner_switch_at = _value(values, "refiner_switch_at", 0.8)
 
 
 def _batch_for_images(n_images: int, batch_size: Any) -> Any:
@@ -151,9 +225,19 @@ def _init_images(api: ApiContext, values: dict[str, Any]) -> list:
         raise field_error("init_images", "img2img needs at least one base64 image")
     max_pixels = api.app.settings.get("img_max_pixels")
     decoded = [decode_image(data, f"init_images.{i}", max_pixels).convert("RGB") for i, data in enumerate(images)]
-    if values.get("mask"):
-        decode_image(values["mask"], "mask", max_pixels)   # checked even though inpainting is not implemented yet
     return decoded
+
+
+def _check_depth(api: ApiContext, params: GenerationParams, overrides: "ModelOverrides", kind: str) -> None:
+    """Depth problems that can be seen before queueing (when the job runs on the loaded checkpoint)."""
+    model = api.app.engine.models.current
+    if overrides.checkpoint is not None or model is None:
+        return
+    if params.depth_map is not None and not depth.is_depth_model(model):
+        raise field_error("depth_map", f"{model.name} is {model.family.label}, not a depth model (SD 2 depth)")
+    if (kind == "img2img" and params.depth_map is None and depth.is_depth_model(model)
+            and api.app.engine.depth.describe(model) is None):
+        raise field_error("depth_map", depth.no_estimator_message(api.app.engine.depth.depth_dir))
 
 
 def _check_sampler(api: ApiContext, params: GenerationParams, values: dict[str, Any]) -> None:
@@ -207,6 +291,7 @@ def _echo(req: GenerationRequest) -> dict[str, Any]:
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         echo["init_images"] = None
         echo["mask"] = None
+        echo["depth_map"] = None
     return echo
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..engine.embeddings import describe as describe_embedding
 from ..engine.model_files import ModelFile
 from .context import ApiContext
 from .extras import UPSCALERS
@@ -54,6 +55,24 @@ def sd_models(api: ApiContext) -> list[dict[str, Any]]:
 
 def sd_vaes(api: ApiContext) -> list[dict[str, Any]]:
     return [{"model_name": v.name, "filename": v.filename} for v in api.app.engine.models.vaes()]
+
+
+def loras(api: ApiContext, refresh: bool = False) -> list[dict[str, Any]]:
+    """A1111's /sdapi/v1/loras: name, alias, path and the file's (ss_*) metadata."""
+    engine = api.app.engine
+    return [engine.networks.library.describe(f) for f in engine.list_loras(refresh=refresh)]
+
+
+def refresh_loras(api: ApiContext) -> dict[str, Any]:
+    api.app.engine.list_loras(refresh=True)
+    return {}
+
+
+def embeddings(api: ApiContext) -> dict[str, Any]:
+    """A1111's /sdapi/v1/embeddings: those the loaded model can use, and those it cannot."""
+    listing = api.app.engine.list_embeddings()
+    return {"loaded": {name: describe_embedding(e) for name, e in listing.loaded.items()},
+            "skipped": {name: describe_embedding(e) for name, e in listing.skipped.items()}}
 
 
 def options(api: ApiContext) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Every generation field is optional and may be null (null means "the default"). Types are checked here
 (a wrong type is a 422 naming the field); value ranges are checked once, by `GenerationParams.validate`.
 Fields this app does not implement yet are accepted and reported back in `info["ignored_fields"]`.
+`depth_map` is this app's own addition (A1111 has no way to send one).
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ class GenerationRequest(_Lenient):
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
     infotext: str | None = Field(None, description="fills every field not given explicitly")
     force_task_id: str | None = Field(None, description="job id, for /internal/progress and /sdapi/v1/jobs/{id}")
+    depth_map: str | None = Field(None, description="base64 depth map for SD 2 depth checkpoints (white = near); "
+                                                    "img2img estimates one when it is left out")
 
 
 class Txt2ImgRequest(GenerationRequest):
@@ -81,13 +84,14 @@ class Img2ImgRequest(GenerationRequest):
     init_images: list[str] | None = Field(None, description="base64 images, with or without a data: prefix")
     resize_mode: int | None = Field(0, description="0 Just resize, 1 Crop and resize, 2 Resize and fill")
     image_cfg_scale: float | None = None
-    mask: str | None = None
+    mask: str | None = Field(None, description="base64 mask, white = change; a mask with transparency uses its "
+                                               "alpha (opaque = change). Must have the init image's size")
     mask_blur_x: int | None = 4
     mask_blur_y: int | None = 4
     mask_blur: int | None = None
     mask_round: bool | None = True
-    inpainting_fill: int | None = 0
-    inpaint_full_res: bool | None = True
+    inpainting_fill: int | None = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool | None = Field(True, description="True: only masked (crop + padding, pasted back)")
     inpaint_full_res_padding: int | None = 0
     inpainting_mask_invert: int | None = 0
     initial_noise_multiplier: float | None = None

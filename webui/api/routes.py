@@ -172,13 +172,11 @@ def _list_routes(router: APIRouter, api: ApiContext) -> None:
 
     @get("loras", list[m.LoraItem])
     def loras() -> list[dict]:
-        """Empty until LoRA support lands."""
-        return []
+        return listings.loras(api)
 
     @get("embeddings", m.EmbeddingsResponse)
     def embeddings() -> dict:
-        """Empty until textual-inversion support lands."""
-        return {"loaded": {}, "skipped": {}}
+        return listings.embeddings(api)
 
     @get("prompt-styles", list[m.PromptStyleItem])
     def prompt_styles() -> list[dict]:
@@ -228,7 +226,7 @@ def _model_routes(router: APIRouter, api: ApiContext) -> None:
 
     @post("refresh-loras")
     def refresh_loras() -> dict:
-        return {}
+        return listings.refresh_loras(api)
 
     @post("refresh-embeddings")
     def refresh_embeddings() -> dict:

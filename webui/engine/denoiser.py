@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from .conditioning import Conditioning
+from .prompt_schedule import BatchConditioning, StepConds, pad_with_empty
 
 
 class UNetDenoiser:
@@ -55,12 +56,21 @@ class DenoiserHooks:
 
 
 class CFGDenoiser:
-    """Batches cond and uncond through one UNet call and applies the guidance formula."""
+    """Batches cond and uncond through the UNet and applies the guidance formula.
 
-    def __init__(self, inner: UNetDenoiser, cond: Conditioning, uncond: Conditioning, cfg_scale: float,
+    `cond`/`uncond` are plain `Conditioning`s or step-dependent `BatchConditioning`s (prompt editing,
+    alternation, AND). With AND, image i has several cond rows j of weight w_j and
+    denoised_i = uncond_i + scale · Σ_j w_j (cond_j − uncond_i)   (A1111's combine_denoised).
+    Rows whose contexts differ in length run as separate UNet calls (A1111's default), or are padded with
+    the empty prompt's chunk when `pad_conds` is set.
+    """
+
+    def __init__(self, inner: UNetDenoiser, cond: Conditioning | BatchConditioning,
+                 uncond: Conditioning | BatchConditioning, cfg_scale: float,
                  cond_added: dict | None = None, uncond_added: dict | None = None,
                  extra_channels: torch.Tensor | None = None, hooks: DenoiserHooks | None = None,
-                 on_step: Callable[[], None] | None = None):
+                 on_step: Callable[[], None] | None = None, pad_conds: bool = False,
+                 step_of: Callable[[], int] | None = None):
         self.inner = inner
         self.cond, self.uncond = cond, uncond
         self.cfg_scale = float(cfg_scale)
@@ -68,54 +78,94 @@ class CFGDenoiser:
         self.extra_channels = extra_channels
         self.hooks = hooks or DenoiserHooks()
         self.on_step = on_step
-        self.step = 0
+        self.pad_conds = pad_conds
+        self.step = 0            # model calls so far
+        self.step_of = step_of   # the sampler's step index (0-based), which picks scheduled conds
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
         if self.on_step is not None:
             self.on_step()
-        state = {"x": x, "sigma": sigma, "cond": self.cond, "uncond": self.uncond, "step": self.step}
+        n = x.shape[0]
+        at = self.step_of() if self.step_of is not None else self.step
+        cond, uncond = _rows(self.cond, at, n), _rows(self.uncond, at, n)
+        state = {"x": x, "sigma": sigma, "cond": cond.cond, "uncond": uncond.cond, "step": self.step,
+                 "cond_owners": cond.owners, "cond_weights": cond.weights}
         for hook in self.hooks.before:
             hook(state)
         x, sigma = state["x"], state["sigma"]
-        passes = self._passes()
-        outputs = self._run(x, sigma, [state[p] for p in passes], passes)
+        cond = StepConds(state["cond"], state["cond_owners"], state["cond_weights"])
+        uncond = StepConds(state["uncond"], uncond.owners, uncond.weights)
+        passes = self._passes(cond)
+        outputs = self._run(x, sigma, {"cond": cond, "uncond": uncond}, passes)
         state.update({f"{p}_denoised": out for p, out in zip(passes, outputs)})
         for hook in self.hooks.denoised:
             hook(state)
-        state["x"] = self._combine(state, passes)
+        state["x"] = self._combine(state, passes, cond)
         for hook in self.hooks.after_cfg:
             hook(state)
         self.step += 1
         return state["x"]
 
-    def _passes(self) -> list[str]:
-        if self.cfg_scale == 1.0:
+    def _passes(self, cond: StepConds) -> list[str]:
+        if self.cfg_scale == 1.0 and cond.simple:
             return ["cond"]
         if self.cfg_scale == 0.0:
             return ["uncond"]
         return ["cond", "uncond"]
 
-    def _combine(self, state: dict, passes: list[str]) -> torch.Tensor:
+    def _combine(self, state: dict, passes: list[str], cond: StepConds) -> torch.Tensor:
         if len(passes) == 1:
             return state[f"{passes[0]}_denoised"]
-        cond, uncond = state["cond_denoised"], state["uncond_denoised"]
-        return uncond + self.cfg_scale * (cond - uncond)
+        cond_out, uncond_out = state["cond_denoised"], state["uncond_denoised"]
+        owners = torch.tensor(cond.owners, device=uncond_out.device)
+        weights = torch.tensor(cond.weights, device=uncond_out.device, dtype=uncond_out.dtype)
+        weights = weights.reshape(-1, *([1] * (uncond_out.ndim - 1)))
+        delta = torch.zeros_like(uncond_out).index_add_(0, owners, (cond_out - uncond_out[owners]) * weights)
+        return uncond_out + self.cfg_scale * delta
 
-    def _run(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning], passes: list[str]) -> list[torch.Tensor]:
-        n = x.shape[0]
-        context = torch.cat([_expand(c.context, n) for c in conds])
-        added = self._added(passes, n)
-        extra = None if self.extra_channels is None else torch.cat([self.extra_channels] * len(passes))
-        out = self.inner(torch.cat([x] * len(passes)), torch.cat([sigma] * len(passes)), context, added, extra)
-        return list(out.split(n))
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, sides: dict[str, StepConds],
+             passes: list[str]) -> list[torch.Tensor]:
+        batches = [self._inputs(x, sigma, p, sides[p]) for p in passes]
+        lengths = {b[2].context.shape[1] for b in batches}
+        if len(lengths) > 1 and self.pad_conds and self._empty() is not None:
+            tokens = max(lengths)
+            batches = [(b[0], b[1], pad_with_empty(b[2], tokens, self._empty()), b[3], b[4]) for b in batches]
+            lengths = {tokens}
+        if len(lengths) > 1:
+            return [self._call([b]) for b in batches]
+        return list(self._call(batches).split([b[0].shape[0] for b in batches]))
 
-    def _added(self, passes: list[str], n: int) -> dict | None:
-        by_pass = {"cond": (self.cond, self.cond_added), "uncond": (self.uncond, self.uncond_added)}
-        if self.cond.pooled is None:
-            return None
-        text = torch.cat([_expand(by_pass[p][0].pooled, n) for p in passes])
-        time_ids = torch.cat([_expand(by_pass[p][1]["time_ids"], n) for p in passes])
-        return {"text_embeds": text, "time_ids": time_ids}
+    def _empty(self) -> Conditioning | None:
+        for side in (self.cond, self.uncond):
+            if isinstance(side, BatchConditioning) and side.empty is not None:
+                return side.empty
+        return None
+
+    def _inputs(self, x: torch.Tensor, sigma: torch.Tensor, name: str, rows: StepConds) -> tuple:
+        """(x, sigma, conditioning, time_ids, extra channels) for one side's rows."""
+        owners = rows.owners
+        index = torch.tensor(owners, device=x.device)
+        added = self.cond_added if name == "cond" else self.uncond_added
+        time_ids = None if added is None else _expand(added["time_ids"], x.shape[0])[index]
+        extra = None if self.extra_channels is None else _expand(self.extra_channels, x.shape[0])[index]
+        return x[index], _expand(sigma, x.shape[0])[index], rows.cond, time_ids, extra
+
+    def _call(self, batches: list[tuple]) -> torch.Tensor:
+        x = torch.cat([b[0] for b in batches])
+        sigma = torch.cat([b[1] for b in batches])
+        context = torch.cat([_expand(b[2].context, b[0].shape[0]) for b in batches])
+        added = None
+        if batches[0][2].pooled is not None and batches[0][3] is not None:
+            added = {"text_embeds": torch.cat([_expand(b[2].pooled, b[0].shape[0]) for b in batches]),
+                     "time_ids": torch.cat([b[3] for b in batches])}
+        extra = None if batches[0][4] is None else torch.cat([b[4] for b in batches])
+        return self.inner(x, sigma, context, added, extra)
+
+
+def _rows(side: Conditioning | BatchConditioning, step: int, n: int) -> StepConds:
+    if isinstance(side, BatchConditioning):
+        return side.at(step)
+    return StepConds(side, list(range(n)), [1.0] * n)
 
 
 def _expand(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -8,11 +8,17 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from .conditioning import PromptOptions
 from .denoiser import DenoiserHooks
+from .depth import DepthEstimators
+from .depth_embedded import load_embedded_estimator
 from .devices import device_config
+from .embeddings import EmbeddingLibrary, EmbeddingSet
 from .errors import EngineError
 from .hashing import HashCache
+from .job_plan import checkpoint_switches
 from .model_manager import ModelManager, SDModel
+from .networks import LoraFile, Networks
 from .params import GenerationParams
 from .paths import DataPaths
 from .processing import GenerationResult, JobControl, ProcessingContext, StepInfo, generate
@@ -31,6 +37,10 @@ class Engine:
         self.samplers = default_sampler_registry()
         self.schedules = default_schedule_registry()
         self.hooks = DenoiserHooks()
+        self.depth = DepthEstimators(self.paths.depth_dir, load_embedded_estimator)
+        self.networks = Networks(self.paths.lora_dir, self.hashes)
+        self.embeddings = EmbeddingLibrary(self.paths.embeddings_dirs, self.hashes)
+        self.prompt_options = PromptOptions()   # the emphasis/padding settings; the app updates them
         self.lock = threading.Lock()   # one generation or model swap at a time
 
     # ---- models ----------------------------------------------------------------------------------
@@ -55,7 +65,9 @@ class Engine:
                                                          params.scheduler)
         return ProcessingContext(model=model, sampler=sampler, schedule=schedule, device=self.devices.device,
                                  model_hash=self.models.model_hash(model), vae_hash=self.models.vae_hash(model),
-                                 hooks=self.hooks)
+                                 hooks=self.hooks, models=self.models, samplers=self.samplers,
+                                 schedules=self.schedules, depth=self.depth,
+                                 prompt_options=self.prompt_options, embeddings=self.embeddings)
 
     def txt2img(self, params: GenerationParams, control: JobControl | None = None,
                 progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
@@ -70,5 +82,22 @@ class Engine:
 
     def _generate(self, params, control, progress) -> GenerationResult:
         params.validate(img2img=bool(params.init_images))
-        with self.lock:
-            return generate(self.context(params), params, control, progress)
+        with self.lock, checkpoint_switches(self.models, params):
+            ctx = self.context(params)
+            with self.networks.applied(ctx.model, params):   # weights are restored when the job ends
+                return generate(ctx, params, control, progress)
+
+    # ---- extra networks --------------------------------------------------------------------------
+    def list_loras(self, refresh: bool = False) -> list[LoraFile]:
+        if refresh:
+            self.networks.refresh()
+        return self.networks.files()
+
+    def list_embeddings(self) -> EmbeddingSet:
+        """Embeddings the current model can use (`loaded`) and those it cannot (`skipped`).
+
+        With no model loaded, every readable embedding is listed as loaded."""
+        model = self.models.current
+        if model is None:
+            return EmbeddingSet(self.embeddings.all(), {}, self.hashes)
+        return self.embeddings.for_model(model)

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 
 from . import image_ops, infotext
-from .conditioning import Conditioning
+from .conditioning import PromptOptions
 from .denoiser import CFGDenoiser, DenoiserHooks, UNetDenoiser
 from .errors import EngineError
 from .model_manager import SDModel
 from .params import GenerationParams
+from .prompt_parser import DEFAULT_EMPHASIS
+from .prompt_schedule import BatchConditioning, ConditioningCache
 from .rng import ImageRNG, resolve_seed
 from .sampling.noise import brownian_noise_sampler
 from .sampling.registry import (SamplerInfo, ScheduleInfo, build_sigmas, initial_noise_scale, model_schedule,
@@ -67,6 +69,7 @@ class GenerationResult:
     params: GenerationParams
     info: dict = field(default_factory=dict)
     interrupted: bool = False
+    extra_images: dict[str, list[Image.Image]] = field(default_factory=dict)   # e.g. "depth": the maps used
 
 
 @dataclass
@@ -79,6 +82,14 @@ class ProcessingContext:
     model_hash: str | None = None
     vae_hash: str | None = None
     hooks: DenoiserHooks = field(default_factory=DenoiserHooks)
+    # for jobs that switch checkpoints (refiner, hires checkpoint), pick a hires sampler, or estimate depth
+    models: object | None = None        # ModelManager
+    samplers: object | None = None      # SamplerRegistry
+    schedules: object | None = None     # ScheduleRegistry
+    depth: object | None = None         # depth.DepthEstimators
+    # prompt encoding: emphasis and padding settings, and the textual-inversion library (issue #6)
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
+    embeddings: object | None = None    # embeddings.EmbeddingLibrary
 
 
 def _seeds(p: GenerationParams) -> tuple[list[int], list[int]]:
@@ -93,30 +104,46 @@ def _latent_scale(model: SDModel) -> int:
 
 
 class _CondCache:
-    """Encodes each distinct (prompt, negative) pair once per job."""
+    """A job's prompt conditioning for one model: each distinct text encoded once.
 
-    def __init__(self, model: SDModel, clip_skip: int):
-        self.model, self.clip_skip, self.cache = model, clip_skip, {}
+    `batch` returns step-dependent conditioning (prompt editing, alternation, AND; see prompt_schedule.py).
+    Given the context and params, it uses the job's prompt options and embeddings and records
+    "TI hashes" / "Emphasis" in the infotext; without them (e.g. a second model in a job) it uses defaults.
+    """
 
-    def get(self, prompt: str, negative: str) -> tuple[Conditioning, Conditioning]:
-        key = (prompt, negative)
-        if key not in self.cache:
-            self.cache[key] = self.model.prompt_encoder.encode_pair([(prompt, 1.0)], [(negative, 1.0)], self.clip_skip)
-        return self.cache[key]
+    def __init__(self, model: SDModel, clip_skip: int, ctx: "ProcessingContext | None" = None,
+                 p: GenerationParams | None = None):
+        self.model, self.p = model, p
+        self.options = ctx.prompt_options if ctx is not None else PromptOptions()
+        library = ctx.embeddings if ctx is not None else None
+        self.embeddings = library.for_model(model) if library is not None else None
+        self.cache = ConditioningCache(model.prompt_encoder, clip_skip, self.options, self.embeddings)
 
-    def batch(self, prompts: list[str], negatives: list[str], device) -> tuple[Conditioning, Conditioning]:
-        pairs = [self.get(p, n) for p, n in zip(prompts, negatives)]
-        return _stack([c for c, _ in pairs], device), _stack([u for _, u in pairs], device)
+    def batch(self, prompts: list[str], negatives: list[str], device, steps: int | None = None,
+              hires_steps: int | None = None) -> tuple[BatchConditioning, BatchConditioning]:
+        """`steps`: the step count prompt editing refers to (default: the job's); for a hires pass, also
+        give its own step count as `hires_steps`."""
+        steps = steps or (self.p.steps if self.p is not None else 1)
+        cond = self.cache.positive(prompts, steps, hires_steps, device)
+        uncond = self.cache.negative(negatives, steps, hires_steps, device)
+        if self.p is not None:
+            self._record(cond, uncond)
+        return cond, uncond
+
+    def _record(self, cond: BatchConditioning, uncond: BatchConditioning) -> None:
+        extra = self.p.extra_generation_params
+        used = self.cache.used_embeddings
+        if used and self.embeddings is not None:
+            hashes = [f"{_infotext_name(name)}: {self.embeddings.short_hash(emb)}" for name, emb in used.items()]
+            extra["TI hashes"] = ", ".join(hashes)
+        if self.options.emphasis != DEFAULT_EMPHASIS:
+            extra["Emphasis"] = self.options.emphasis
+        if self.options.pad_conds and cond.lengths() != uncond.lengths():
+            extra["Pad conds"] = True
 
 
-def _stack(conds: list[Conditioning], device) -> Conditioning:
-    if all(c is conds[0] for c in conds):
-        return Conditioning(conds[0].context.to(device), None if conds[0].pooled is None else conds[0].pooled.to(device))
-    width = max(c.context.shape[1] for c in conds)
-    if any(c.context.shape[1] != width for c in conds):
-        raise EngineError("prompts in one batch have different lengths; use batch size 1 for differing long prompts")
-    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds]).to(device)
-    return Conditioning(torch.cat([c.context for c in conds]).to(device), pooled)
+def _infotext_name(name: str) -> str:
+    return name.replace(":", "").replace(",", "")
 
 
 def _time_ids(model: SDModel, p: GenerationParams, device) -> tuple[dict | None, dict | None]:
@@ -190,29 +217,39 @@ class _Sampling:
     def __init__(self, ctx: ProcessingContext, p: GenerationParams, steps_per_batch: int,
                  control: JobControl, progress: Callable[[StepInfo], None] | None):
         self.ctx, self.p, self.control, self.progress = ctx, p, control, progress
+        self.per_batch = steps_per_batch
         self.total = steps_per_batch * p.n_iter
         self.done = 0
         self.batch_index = 0
         self.last_denoised: torch.Tensor | None = None
+        self.sampler_step = 0   # the current pass's step index; scheduled prompts follow it
 
     def callback(self, d: dict) -> None:
         self.done += 1
+        self.sampler_step = d["i"] + 1
         self.last_denoised = d["denoised"]
         if self.progress is not None:
             self.progress(StepInfo(self.done, self.total, self.batch_index, d["denoised"]))
 
-    def run(self, x: torch.Tensor, sigmas: torch.Tensor, cond, uncond, rng: ImageRNG, added,
-            extra_channels: torch.Tensor | None) -> torch.Tensor:
-        model, sampler = self.ctx.model, self.ctx.sampler
-        inner = UNetDenoiser(model.unet, model_schedule(sampler, model.schedule), model.prediction_type,
+    def make_denoiser(self, model: SDModel, cond, uncond, added, extra_channels: torch.Tensor | None) -> CFGDenoiser:
+        inner = UNetDenoiser(model.unet, model_schedule(self.ctx.sampler, model.schedule), model.prediction_type,
                              model.unet.dtype)
-        denoiser = CFGDenoiser(inner, cond, uncond, self.p.cfg_scale, added[0], added[1], extra_channels,
-                               hooks=self.ctx.hooks, on_step=self.control.check)
+        return CFGDenoiser(inner, cond, uncond, self.p.cfg_scale, added[0], added[1], extra_channels,
+                           hooks=self.ctx.hooks, on_step=self.control.check,
+                           pad_conds=self.ctx.prompt_options.pad_conds, step_of=lambda: self.sampler_step)
+
+    def run(self, x: torch.Tensor, sigmas: torch.Tensor, cond, uncond, rng: ImageRNG, added,
+            extra_channels: torch.Tensor | None, wrap: Callable | None = None) -> torch.Tensor:
+        sampler = self.ctx.sampler
+        denoiser = self.make_denoiser(self.ctx.model, cond, uncond, added, extra_channels)
+        if wrap is not None:
+            denoiser = wrap(denoiser)   # inpaint blending, refiner switch (job_plan.py)
         if sampler.options.get("brownian_noise"):
             noise = brownian_noise_sampler(x, sigmas, rng.seeds)
         else:
             noise = rng.noise_sampler(x.device, x.dtype)
         self.last_denoised = None
+        self.sampler_step = 0
         try:
             return run_sampler(sampler, denoiser, x, sigmas, extra_args={}, callback=self.callback,
                                noise_sampler=noise, **self.p.sampler_options)
@@ -224,19 +261,22 @@ class _Sampling:
 
 def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | None = None,
              progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
+    from .job_plan import JobPlan   # job_plan imports this module
+
     is_img2img = bool(p.init_images)
     p.validate(img2img=is_img2img)
     control = control or JobControl()
+    plan = JobPlan(ctx, p)
     model, device = ctx.model, ctx.device
     seeds, subseeds = _seeds(p)
     scale = _latent_scale(model)
     shape = (model.latent_channels, p.height // scale, p.width // scale)
     full_sigmas = build_sigmas(ctx.sampler, ctx.schedule, p.steps, model.schedule, device)
     sigmas = img2img_sigmas(full_sigmas, p.steps, p.denoising_strength) if is_img2img else full_sigmas
-    init_latent = _init_latent(model, p, device) if is_img2img else None
-    conds = _CondCache(model, p.clip_skip)
+    init_latent = plan.init_latent
+    conds = _CondCache(model, p.clip_skip, ctx, p)
     added = _time_ids(model, p, device)
-    state = _Sampling(ctx, p, len(sigmas) - 1, control, progress)
+    state = _Sampling(ctx, p, len(sigmas) - 1 + plan.extra_steps, control, progress)
     images, texts = [], []
     started = time.time()
     for b in range(p.n_iter):
@@ -248,19 +288,21 @@ def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | 
         prompts, negatives = [p.prompt] * p.batch_size, [p.negative_prompt] * p.batch_size
         cond, uncond = conds.batch(prompts, negatives, device)
         rng = ImageRNG(shape, seeds[sl], subseeds[sl], p.subseed_strength,
-                       (p.seed_resize_from_w, p.seed_resize_from_h))
+                       (p.seed_resize_from_w, p.seed_resize_from_h), latent_scale=scale)
         noise = rng.first().to(device)
+        plan.begin_batch(state, noise, prompts, negatives, seeds[sl], subseeds[sl])
         if init_latent is None:
             x = noise * initial_noise_scale(ctx.sampler, sigmas)
         else:
-            x = init_latent + noise * sigmas[0]
-        samples = state.run(x, sigmas, cond, uncond, rng, added, _image_conditioning(model, x, device))
-        state.done = (b + 1) * (len(sigmas) - 1)   # a skipped batch counts as finished for progress
+            x = plan.start_latent(noise) + noise * sigmas[0]
+        samples = state.run(x, sigmas, cond, uncond, rng, added, plan.image_conditioning(x), wrap=plan.wrap)
+        samples = plan.second_pass(state, samples)   # hires fix
+        state.done = (b + 1) * state.per_batch   # a skipped batch counts as finished for progress
         if samples is None:
             continue
         if torch.isnan(samples).any():
             raise NansError("the UNet produced NaN values; try fp32 (--no-half) or another sampler")
-        for i, img in enumerate(image_ops.tensor_to_pil(decode_latents(model, samples))):
+        for i, img in enumerate(plan.finish(image_ops.tensor_to_pil(decode_latents(plan.decode_model, samples)))):
             text = _infotext(ctx, p, p.prompt, p.negative_prompt, seeds[sl][i], subseeds[sl][i], is_img2img)
             img.info["parameters"] = text
             images.append(img)
@@ -268,7 +310,8 @@ def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | 
     n = len(images)
     result = GenerationResult(images, texts, seeds[:n], subseeds[:n], [p.prompt] * n, [p.negative_prompt] * n, p,
                               interrupted=control.interrupted)
-    result.info = _info_dict(ctx, p, result, seeds, subseeds, is_img2img)
+    result.info = _info_dict(ctx, p, result, seeds, subseeds, is_img2img) | plan.info()
+    result.extra_images = plan.extra_images
     log.info("generated %d image(s) in %.2fs", n, time.time() - started)
     return result
 

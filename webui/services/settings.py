@@ -72,6 +72,11 @@ def core_options() -> list[Option]:
         Option("live_previews_enable", True, "Show live previews", "Live previews", bool),
         Option("queue_max_size", 32, "Most jobs waiting in the queue", "System", int, 1, 1000),
         Option("img_max_pixels", 64_000_000, "Largest uploaded image (pixels)", "System", int, 1_000_000, 400_000_000),
+        Option("emphasis", "Original", "Emphasis mode for (word:1.2) weights", "Stable Diffusion", str,
+               choices=("Original", "No norm", "Ignore", "None")),
+        Option("comma_padding_backtrack", 20, "Prompt word wrap length limit (tokens; 0: off)", "Stable Diffusion", int, 0, 74),
+        Option("sdxl_clip_l_skip", False, "Clip skip reaches SDXL's CLIP-L tower", "Stable Diffusion", bool),
+        Option("pad_cond_uncond", False, "Pad prompt and negative prompt to the same length", "Optimizations", bool),
         Option("sd2_prediction_overrides", "{}", "SD2 prediction type per checkpoint (JSON: name → epsilon/v_prediction)", "Stable Diffusion", str),
     ]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from ..app import App
-from . import generation_tab, pending_tabs, pnginfo_tab, quicksettings, send_to, settings_tab
+from . import (depth_tab, edit_tab, generation_tab, inpaint_tab, outpaint_tab, pending_tabs, pnginfo_tab,
+               quicksettings, send_to, settings_tab)
 
 TITLE = "Stable Diffusion studio"
 
@@ -13,18 +14,19 @@ TITLE = "Stable Diffusion studio"
 def build_ui(app: App) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         qs = quicksettings.build(app)
-        jobs = {name: generation_tab.job_state(name) for name in ("txt2img", "img2img")}
+        jobs = {name: generation_tab.job_state(name)
+                for name in ("txt2img", "img2img", "inpaint", "outpaint", "depth")}
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = generation_tab.build(app, "txt2img", qs.clip_skip, jobs["txt2img"])
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = generation_tab.build(app, "img2img", qs.clip_skip, jobs["img2img"])
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
-                inpaint_image = pending_tabs.build_inpaint()
+                inpaint = inpaint_tab.build(app, qs.clip_skip, jobs["inpaint"])
             with gr.Tab("Outpaint", id="outpaint", elem_id="tab_outpaint"):
-                outpaint_image = pending_tabs.build_outpaint()
+                outpaint = outpaint_tab.build(app, qs.clip_skip, jobs["outpaint"])
             with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
-                depth_image = pending_tabs.build_depth()
+                depth = depth_tab.build(app, qs.clip_skip, jobs["depth"])
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras_image = pending_tabs.build_extras()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
@@ -33,17 +35,22 @@ def build_ui(app: App) -> gr.Blocks:
                 settings_tab.build(app)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 pending_tabs.build_extensions(app)
-        pending = pending_tabs.PendingTabs(inpaint_image, outpaint_image, depth_image, extras_image)
+        pending = pending_tabs.PendingTabs(inpaint.fields["editor"], outpaint.fields["image"], depth.fields["image"],
+                                           extras_image)
         send_to.wire(app, send_to.Targets(txt2img, img2img, pending, qs.clip_skip), png)
-        _on_page_load(app, demo, qs, [txt2img, img2img])
+        for tab in (inpaint, outpaint, depth):
+            edit_tab.wire_send(app, tab, img2img, qs.clip_skip, extras_image)
+        _on_page_load(app, demo, qs, [txt2img, img2img, inpaint, outpaint, depth])
     return demo
 
 
 def _on_page_load(app: App, demo: gr.Blocks, qs: quicksettings.QuickSettings,
-                  tabs: list[generation_tab.GenerationTab]) -> None:
+                  tabs: list) -> None:
     """Show the models in use now, and reconnect each tab to the job it was following before a reload."""
-    demo.load(lambda: quicksettings.on_page_load(app), None, [qs.checkpoint, qs.vae],
+    demo.load(lambda: quicksettings.on_page_load(app), None, [qs.checkpoint, qs.vae, qs.status],
               show_progress="hidden", api_visibility="private", concurrency_limit=None)
     for tab in tabs:
-        demo.load(generation_tab.make_follower(app, tab), tab.job, tab.view.outputs(), show_progress="hidden",
-                  api_visibility="private", concurrency_limit=None)
+        follower, outputs = (tab.follower(app), tab.outputs()) if isinstance(tab, edit_tab.EditTab) else \
+            (generation_tab.make_follower(app, tab), tab.view.outputs())
+        demo.load(follower, tab.job, outputs, show_progress="hidden", api_visibility="private",
+                  concurrency_limit=None)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from ..engine import upscalers
 from ..engine.errors import InvalidParameterError
 from ..engine.params import RESIZE_MODES, GenerationParams
 
@@ -17,13 +18,14 @@ COMMON_FIELDS = (
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
     "n_iter", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
 )
+# txt2img's own fields: the hires fix, then the refiner.
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale",
-                "hr_resize_x", "hr_resize_y")
+                "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_prompt",
+                "hr_negative_prompt", "refiner_checkpoint", "refiner_switch_at")
 IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
 
-HIRES_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-                   "Latent (nearest)", "Latent (nearest-exact)", "None", "Lanczos", "Nearest")
-NOT_YET_HIRES = "Hires. fix is not available yet; untick it to generate."
+HIRES_UPSCALERS = tuple(upscalers.names())
+USE_SAME_CHECKPOINT, USE_SAME_SAMPLER, NO_REFINER = "Use same checkpoint", "Use same sampler", "None"
 
 _INT_FIELDS = {"steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                "seed_resize_from_h"}
@@ -42,8 +44,6 @@ def _whole(name: str, value: Any) -> int:
 
 def build_params(values: dict[str, Any], clip_skip: Any, img2img: bool = False) -> GenerationParams:
     """A request from one tab's form. Raises InvalidParameterError naming the field for unusable values."""
-    if values.get("enable_hr"):
-        raise InvalidParameterError("hires_fix", NOT_YET_HIRES)
     kw = {name: values[name] for name in COMMON_FIELDS}
     for name in _INT_FIELDS:
         kw[name] = _whole(name, kw[name])
@@ -57,7 +57,33 @@ def build_params(values: dict[str, Any], clip_skip: Any, img2img: bool = False) 
         params.init_images = [_rgb(image)]
         params.denoising_strength = float(values["denoising_strength"])
         params.resize_mode = _resize_index(values["resize_mode"])
+    elif values.get("enable_hr"):
+        _hires(params, values)
+    _refiner(params, values)
     return params
+
+
+def _hires(params: GenerationParams, values: dict[str, Any]) -> None:
+    params.enable_hr = True
+    params.hr_upscaler = values["hr_upscaler"]
+    params.hr_second_pass_steps = _whole("hr_second_pass_steps", values["hr_second_pass_steps"])
+    params.hr_scale = float(values["hr_scale"])
+    params.hr_resize_x = _whole("hr_resize_x", values["hr_resize_x"])
+    params.hr_resize_y = _whole("hr_resize_y", values["hr_resize_y"])
+    params.denoising_strength = float(values["hr_denoising_strength"])
+    checkpoint, sampler = values.get("hr_checkpoint_name"), values.get("hr_sampler_name")
+    params.hr_checkpoint_name = None if checkpoint in (None, "", USE_SAME_CHECKPOINT) else checkpoint
+    params.hr_sampler_name = None if sampler in (None, "", USE_SAME_SAMPLER) else sampler
+    params.hr_prompt = values.get("hr_prompt") or ""
+    params.hr_negative_prompt = values.get("hr_negative_prompt") or ""
+
+
+def _refiner(params: GenerationParams, values: dict[str, Any]) -> None:
+    name = values.get("refiner_checkpoint")
+    if name in (None, "", NO_REFINER):
+        return
+    params.refiner_checkpoint = name
+    params.refiner_switch_at = float(values["refiner_switch_at"])
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -92,6 +118,9 @@ _PASTE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("Hires upscale", "hr_scale", float),
     ("Hires resize-1", "hr_resize_x", int),
     ("Hires resize-2", "hr_resize_y", int),
+    ("Hires prompt", "hr_prompt", str),
+    ("Hires negative prompt", "hr_negative_prompt", str),
+    ("Refiner switch at", "refiner_switch_at", float),
 )
 
 

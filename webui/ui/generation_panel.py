@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..app import App
 from ..engine.params import RESIZE_MODES
-from .fields import HIRES_UPSCALERS, NOT_YET_HIRES
+from .fields import HIRES_UPSCALERS, NO_REFINER, USE_SAME_CHECKPOINT, USE_SAME_SAMPLER
 
 
 @dataclass
@@ -70,7 +70,8 @@ def build(app: App, tab: str, hires: bool) -> tuple[dict, SeedButtons]:
                                             elem_id=f"{tab}_denoising_strength")
     seeds = _seed_controls(f, tab)
     if hires:
-        _hires_controls(f, tab)
+        _hires_controls(f, tab, app)
+        _refiner_controls(f, tab, app)
     swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]],
                show_progress="hidden", api_visibility="private", concurrency_limit=None)
     return f, seeds
@@ -97,10 +98,13 @@ def _seed_controls(f: dict, tab: str) -> SeedButtons:
     return SeedButtons(random_seed, reuse_seed, random_subseed, reuse_subseed)
 
 
-def _hires_controls(f: dict, tab: str) -> None:
+def _checkpoint_names(app: App) -> list[str]:
+    return [m.name for m in app.engine.models.checkpoints()]
+
+
+def _hires_controls(f: dict, tab: str, app: App) -> None:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
         f["enable_hr"] = gr.Checkbox(False, label="Enable Hires. fix", elem_id=f"{tab}_enable_hr")
-        gr.Markdown(f"*{NOT_YET_HIRES}*", elem_id=f"{tab}_hr_notice")
         with gr.Row():
             f["hr_upscaler"] = gr.Dropdown(list(HIRES_UPSCALERS), value="Latent", label="Upscaler",
                                            elem_id=f"{tab}_hr_upscaler")
@@ -114,3 +118,22 @@ def _hires_controls(f: dict, tab: str) -> None:
                                          elem_id=f"{tab}_hr_resize_x")
             f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                          elem_id=f"{tab}_hr_resize_y")
+        with gr.Row():
+            f["hr_checkpoint_name"] = gr.Dropdown([USE_SAME_CHECKPOINT] + _checkpoint_names(app),
+                                                  value=USE_SAME_CHECKPOINT, label="Hires checkpoint",
+                                                  elem_id=f"{tab}_hr_checkpoint")
+            f["hr_sampler_name"] = gr.Dropdown([USE_SAME_SAMPLER] + app.engine.samplers.names(),
+                                               value=USE_SAME_SAMPLER, label="Hires sampling method",
+                                               elem_id=f"{tab}_hr_sampler")
+        f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty: the same)", lines=1, elem_id=f"{tab}_hr_prompt")
+        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty: the same)", lines=1,
+                                             elem_id=f"{tab}_hr_neg_prompt")
+
+
+def _refiner_controls(f: dict, tab: str, app: App) -> None:
+    with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_refiner"):
+        with gr.Row():
+            f["refiner_checkpoint"] = gr.Dropdown([NO_REFINER] + _checkpoint_names(app), value=NO_REFINER,
+                                                  label="Checkpoint", elem_id=f"{tab}_refiner_checkpoint")
+            f["refiner_switch_at"] = gr.Slider(0.01, 1, value=0.8, step=0.01, label="Switch at",
+                                               elem_id=f"{tab}_refiner_switch_at")

@@ -45,7 +45,7 @@ def build(app: App) -> QuickSettings:
                           elem_id="setting_sd_vae", scale=2, min_width=160)
         clip_skip = gr.Slider(1, 12, value=int(app.settings.get("CLIP_stop_at_last_layers")), step=1,
                               label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=160)
-    status = gr.HTML("", elem_id="quicksettings_status")
+    status = gr.HTML(model_status(app), elem_id="quicksettings_status")
     qs = QuickSettings(checkpoint, refresh, vae, clip_skip, status)
     _wire(app, qs)
     return qs
@@ -92,7 +92,16 @@ def _wire(app: App, qs: QuickSettings) -> None:
     qs.refresh.click(refresh, None, [qs.checkpoint, qs.vae, qs.status], show_progress="hidden", **common)
 
 
+def model_status(app: App) -> str:
+    """A plain warning while no checkpoint is loaded, saying where to put one."""
+    if app.engine.models.current is not None:
+        return ""
+    folder = app.engine.paths.ckpt_dir
+    return html.message(f"No checkpoint is loaded. Put a .safetensors checkpoint in {folder}, press 🔄 and "
+                        "pick it above.", "error")
+
+
 def on_page_load(app: App):
     """Another browser or the API may have switched models since this page was built."""
     return (gr.update(choices=checkpoint_choices(app), value=current_checkpoint(app)),
-            gr.update(choices=vae_choices(app), value=app.engine.models.vae_choice))
+            gr.update(choices=vae_choices(app), value=app.engine.models.vae_choice), model_status(app))
