@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,3 +62,17 @@ def start_server(data_dir: Path, ckpt: Path, timeout: float = 120.0, extra_args:
         time.sleep(0.25)
     server.stop()
     raise RuntimeError(f"server did not start within {timeout}s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir) -> "ApiServer":
+    """The real server on the test module's `data_dir`, started with its a.safetensors."""
+    srv = start_server(data_dir, data_dir / "models" / "Stable-diffusion" / "a.safetensors")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=180) as c:
+        yield c

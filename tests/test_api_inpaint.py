@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api_server import ApiServer, start_server
+from tests.api_server import client, server  # noqa: F401  (shared module fixtures)
 from webui.engine.infotext import parse_infotext
 from webui.testing.fixtures import write_checkpoint
 
@@ -29,17 +29,6 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(data_dir) -> ApiServer:
-    srv = start_server(data_dir, data_dir / "models" / "Stable-diffusion" / "a.safetensors")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=180) as c:
-        yield c
 
 
 def encode(image: Image.Image) -> str:

@@ -12,6 +12,7 @@ from PIL import Image, ImageChops
 from ..engine import inpaint, outpaint
 from ..engine.errors import InvalidParameterError
 from ..engine.params import RESIZE_MODES, GenerationParams
+from .fields import _whole
 
 EDIT_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "n_iter",
                "batch_size", "seed", "denoising_strength")
@@ -21,15 +22,6 @@ INPAINT_FIELDS = ("editor", "mask_upload", "mask_blur", "mask_mode", "inpainting
 OUTPAINT_FIELDS = ("image", "pixels", "directions", "mask_blur", "inpainting_fill")
 DEPTH_FIELDS = ("image", "depth_map", "resize_mode")
 _INT = {"steps", "n_iter", "batch_size", "seed", "width", "height", "mask_blur", "inpaint_padding", "pixels"}
-
-
-def _whole(name: str, value: Any) -> int:
-    if value is None or value == "":
-        raise InvalidParameterError(name, "is empty")
-    number = float(value)
-    if number != int(number):
-        raise InvalidParameterError(name, f"must be a whole number (got {value})")
-    return int(number)
 
 
 def base_params(values: dict[str, Any], clip_skip: Any) -> GenerationParams:
