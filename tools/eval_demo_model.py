@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the project root, for webui.engine
 from shapes_dataset import COLOURS, Scene, caption, eval_scenes  # noqa: E402
 
 ATTRIBUTES = ("colour", "background", "shape", "position", "count")

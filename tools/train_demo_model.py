@@ -48,24 +48,27 @@ class Config:
     threads: int = 2
     image_size: int = 64
     # VAE
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 1500
-    vae_batch: int = 32
-    vae_crop: int = 32
+    vae_channels: tuple[int, ...] = (64, 64, 64)  # >= 2 channels per GroupNorm group keeps flat colours
+    vae_steps: int = 1000
+    vae_batch: int = 8
+    vae_crop: int = 48
     vae_lr: float = 2e-3
+    decoder_steps: int = 600  # phase 1b: decoder-only refinement on frozen-encoder latents
+    decoder_lr: float = 1e-3
+    polish_steps: int = 300  # phase 2b: a second decoder-only round, in the normalised latent space
     # data
-    train_images: int = 60000
+    train_images: int = 12000
     p_two: float = 0.25
     # text encoder
     text_hidden: int = 64
     text_layers: int = 3
     # UNet
-    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_channels: tuple[int, ...] = (64, 96, 128)
     unet_layers_per_block: int = 1
-    unet_steps: int = 2000
-    batch: int = 48
+    unet_steps: int = 600
+    batch: int = 32
     lr: float = 1e-3
-    warmup: int = 100
+    warmup: int = 50
     offset_noise: float = 0.3
     min_snr_gamma: float = 5.0
     uncond_p: float = 0.1
@@ -73,7 +76,7 @@ class Config:
     drop_probs: dict[str, float] = field(default_factory=lambda: {
         "size": 0.5, "colour": 0.15, "shape": 0.15, "position": 0.25, "background": 0.25})
     early_drop_probs: dict[str, float] = field(default_factory=lambda: {"size": 0.3})
-    checkpoint_every: int = 250
+    checkpoint_every: int = 50
 
 
 # ---------------------------------------------------------------- model construction
@@ -222,7 +225,7 @@ def train_vae(cfg: Config, vae, work: Path, log) -> None:
         x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
-        loss = F.l1_loss(recon, x) + edge_l1(recon, x) + 1e-6 * post.kl().mean()
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + edge_l1(recon, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -230,6 +233,58 @@ def train_vae(cfg: Config, vae, work: Path, log) -> None:
         if step % 50 == 0 or step == cfg.vae_steps:
             log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
     vae.eval()
+
+
+@torch.no_grad()
+def vae_report(vae, grid_path: Path) -> float:
+    """Mean L1 (in [-1, 1] units) on 16 fresh full-size images; writes originals over reconstructions."""
+    import cv2
+
+    x = to_tensor(ShapesSampler(99_999).batch(16)[0])
+    recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    both = ((torch.cat([x, recon], dim=2) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    cv2.imwrite(str(grid_path), np.concatenate(list(both), axis=1)[:, :, ::-1])
+    return (recon - x).abs().mean().item()
+
+
+def refine_decoder(cfg: Config, vae, log, steps: int, round_index: int = 0) -> None:
+    """Sharpen the decoder on full-size images with the encoder frozen, so latents (and the UNet) are unaffected."""
+    torch.manual_seed(cfg.seed + 150 + 10 * round_index)
+    sampler = ShapesSampler(cfg.seed + 151 + 10 * round_index, cfg.image_size, p_two=cfg.p_two)
+    frozen = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    for prm in frozen:
+        prm.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    sched = cosine_schedule(opt, steps, warmup=20)
+    vae.train()
+    for step in range(1, steps + 1):
+        x = to_tensor(sampler.batch(cfg.vae_batch)[0])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 2.0 * edge_l1(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps:
+            log(f"decoder round {round_index} step {step}/{steps} loss {loss.item():.4f}")
+    for prm in frozen:
+        prm.requires_grad_(True)
+    vae.eval()
+
+
+@torch.no_grad()
+def copy_latent_normalisation(raw, folded, target) -> None:
+    """Apply to `target` (raw latent space, same encoder as `raw`) the fold that turned `raw` into `folded`."""
+    fw, rw = folded.quant_conv.weight[:4].double().flatten(1), raw.quant_conv.weight[:4].double().flatten(1)
+    k = (fw * rw).sum(1) / (rw * rw).sum(1)
+    m = raw.quant_conv.bias[:4].double() - folded.quant_conv.bias[:4].double() / k
+    target.quant_conv.load_state_dict(folded.quant_conv.state_dict())
+    pw, pb = target.post_quant_conv.weight.double(), target.post_quant_conv.bias.double()
+    target.post_quant_conv.bias.copy_(pb + pw[:, :, 0, 0] @ m)
+    target.post_quant_conv.weight.copy_(pw / k[None, :, None, None])
 
 
 # ---------------------------------------------------------------- phase 2: latents
@@ -264,7 +319,8 @@ def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
     pb = pb + pw[:, :, 0, 0] @ m
     pw = pw / k[None, :, None, None]
     q.weight.copy_(qw), q.bias.copy_(qb), pq.weight.copy_(pw), pq.bias.copy_(pb)
-    return ((latents.double() - m[None, :, None, None]) * k[None, :, None, None]).float()
+    # What the UNet sees: the new latents times the scaling factor (zero mean, unit std).
+    return ((latents.double() - m[None, :, None, None]) * k[None, :, None, None] * SCALE_FACTOR).float()
 
 
 # ---------------------------------------------------------------- phase 3: UNet + text encoder
@@ -357,7 +413,9 @@ def export_single_file(folder: Path, out: Path) -> int:
     state.update(vae_to_ldm(parts["vae"]))
     state.update(clip_l_to_ldm(parts["text_encoder"], prefix="cond_stage_model.transformer."))
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_single_file(out, state, dtype=torch.float16)
+    # the loader reads the natural (default) size from this key; without it SD1 files default to 512×512
+    save_single_file(out, state, dtype=torch.float16,
+                     metadata={"modelspec.architecture": "stable-diffusion-v1", "modelspec.resolution": "64x64"})
     return out.stat().st_size
 
 
@@ -377,6 +435,11 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--out", type=Path, default=ROOT / "models/Stable-diffusion/demo-shapes-v1.safetensors")
     ap.add_argument("--resume-vae", type=Path, help="reuse a VAE folder from an earlier run (skips phase 1)")
     ap.add_argument("--export-only", type=Path, help="only convert this diffusers folder to --out")
+    ap.add_argument("--refine-only", type=Path,
+                    help="run phase 1b alone on <work-dir>/vae_raw (in parallel with phase 3 of the same run) and "
+                         "write <work-dir>/vae_refined, normalised like this folder's vae/")
+    ap.add_argument("--polish-only", type=Path,
+                    help="run phase 2b alone on this normalised VAE folder and write <work-dir>/vae_polished")
     defaults = Config()
     for name, value in asdict(defaults).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -406,20 +469,48 @@ def main(argv: list[str] | None = None) -> int:
         logfile.write(line + "\n")
         logfile.flush()
 
-    seed_everything(cfg.seed, cfg.threads)
+    seed_everything(cfg.seed, cfg.threads)  # each phase reseeds, so --resume-vae gives identical results
+    from diffusers import AutoencoderKL
+    if args.polish_only:
+        vae = AutoencoderKL.from_pretrained(args.polish_only)
+        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1)
+        log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
+        vae.save_pretrained(work / "vae_polished")
+        return 0
+    if args.refine_only:
+        vae = AutoencoderKL.from_pretrained(work / "vae_raw")
+        refine_decoder(cfg, vae, log, cfg.decoder_steps)
+        log(f"refined vae L1: {vae_report(vae, work / 'vae_refined.png'):.4f}")
+        copy_latent_normalisation(AutoencoderKL.from_pretrained(work / "vae_raw"),
+                                  AutoencoderKL.from_pretrained(args.refine_only), vae)
+        vae.save_pretrained(work / "vae_refined")
+        return 0
     if args.resume_vae:
-        from diffusers import AutoencoderKL
         vae = AutoencoderKL.from_pretrained(args.resume_vae)
         vae.eval()
     else:
         vae = build_vae(cfg)
         train_vae(cfg, vae, work, log)
     vae.save_pretrained(work / "vae_raw")
+    log(f"vae reconstruction L1 on held-back images: {vae_report(vae, work / 'vae_recon.png'):.4f}")
+    if cfg.decoder_steps:
+        refine_decoder(cfg, vae, log, cfg.decoder_steps)
+        log(f"refined vae L1: {vae_report(vae, work / 'vae_refined.png'):.4f}")
     held_out = frozenset(s.key() for s in eval_scenes())
-    latents, scenes = encode_dataset(cfg, vae, held_out, log)
+    cache = work / "latents.pt"  # raw latents depend only on the encoder and the data seed
+    if args.resume_vae and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        latents, scenes = saved["latents"], saved["scenes"]
+    else:
+        latents, scenes = encode_dataset(cfg, vae, held_out, log)
+        torch.save({"latents": latents, "scenes": scenes}, cache)
     latents = fold_latent_normalisation(vae, latents)
-    log(f"latents {tuple(latents.shape)} scaled std {latents.std().item() * SCALE_FACTOR:.3f}")
+    if cfg.polish_steps:
+        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1)
+        log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
+    log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
+    torch.manual_seed(cfg.seed + 1000)
     unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}
