@@ -30,6 +30,18 @@ class CheckpointFactory:
         return target
 
 
+    def engine(self, *families: str, root: Path | None = None):
+        """An engine whose checkpoint folder holds these fixture families, with the first one loaded."""
+        from webui.engine.engine import Engine
+        from webui.engine.paths import DataPaths
+
+        for family in families:
+            self.path(family)
+        engine = Engine(DataPaths.create(root or self.data_dir, ckpt_dir=self.ckpt_dir), device="cpu")
+        engine.load_checkpoint(f"{families[0]}.safetensors")
+        return engine
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> CheckpointFactory:
     return CheckpointFactory(tmp_path_factory.mktemp("data"))

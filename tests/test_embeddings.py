@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,29 +19,15 @@ from webui.engine.embeddings import EmbeddingLibrary, load_embedding
 from webui.engine.engine import Engine
 from webui.engine.hashing import sha256_file
 from webui.engine.infotext import parse_infotext
-from webui.engine.paths import DataPaths
 
 RARE_IDS = [49000, 49001, 49002]   # vocabulary rows the reference encoder overwrites
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _engine(root: Path, checkpoints, family: str) -> Engine:
-    checkpoints.path(family)
-    engine = Engine(DataPaths.create(root, ckpt_dir=checkpoints.ckpt_dir), device="cpu")
-    engine.load_checkpoint(f"{family}.safetensors")
-    return engine
 
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory, checkpoints) -> Engine:
-    engine = _engine(tmp_path_factory.mktemp("ti_sd1"), checkpoints, "sd1")
+    engine = checkpoints.engine("sd1", root=tmp_path_factory.mktemp("ti_sd1"))
     folder = engine.paths.embeddings_dirs[0]
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(3)
@@ -57,7 +42,7 @@ def sd1(tmp_path_factory, checkpoints) -> Engine:
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory, checkpoints) -> Engine:
-    engine = _engine(tmp_path_factory.mktemp("ti_sdxl"), checkpoints, "sdxl")
+    engine = checkpoints.engine("sdxl", root=tmp_path_factory.mktemp("ti_sdxl"))
     folder = engine.paths.embeddings_dirs[0]
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(4)

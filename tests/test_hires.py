@@ -6,10 +6,8 @@ import torch
 
 from conftest import small_params
 from webui.engine import hires, upscalers
-from webui.engine.engine import Engine
 from webui.engine.errors import EngineError, InvalidParameterError
 from webui.engine.infotext import parse_infotext
-from webui.engine.paths import DataPaths
 from webui.engine.refiner import completed_ratio
 from webui.engine.sampling.discrete import DiscreteSchedule
 from webui.engine.sampling.registry import (build_sigmas, default_sampler_registry, default_schedule_registry,
@@ -18,12 +16,8 @@ from webui.engine.sampling.registry import (build_sigmas, default_sampler_regist
 
 @pytest.fixture(scope="module")
 def engine(checkpoints):
-    for family in ("sd1", "sdxl", "sdxl-refiner"):
-        checkpoints.path(family)
     checkpoints.path("sd1", name="sd1-other", seed=7)
-    eng = Engine(DataPaths.create(checkpoints.data_dir), device="cpu")
-    eng.load_checkpoint("sd1.safetensors")
-    return eng
+    return checkpoints.engine("sd1", "sdxl", "sdxl-refiner")
 
 
 @pytest.fixture

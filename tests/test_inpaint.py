@@ -8,20 +8,14 @@ from PIL import Image
 
 from conftest import small_params
 from webui.engine import inpaint, outpaint
-from webui.engine.engine import Engine
 from webui.engine.errors import InvalidParameterError
 from webui.engine.infotext import parse_infotext
-from webui.engine.paths import DataPaths
 from webui.engine.processing import encode_images
 
 
 @pytest.fixture(scope="module")
 def engine(checkpoints):
-    checkpoints.path("sd1")
-    checkpoints.path("sd1-inpaint")
-    eng = Engine(DataPaths.create(checkpoints.data_dir), device="cpu")
-    eng.load_checkpoint("sd1.safetensors")
-    return eng
+    return checkpoints.engine("sd1", "sd1-inpaint")
 
 
 @pytest.fixture

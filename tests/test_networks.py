@@ -21,19 +21,9 @@ from webui.engine.engine import Engine
 from webui.engine.hashing import addnet_hash_safetensors
 from webui.engine.infotext import parse_infotext
 from webui.engine.networks import NetworkUse, uses_from_prompt
-from webui.engine.paths import DataPaths
 
 RANK = 4
 ALPHA = 2.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared; one thread avoids oversubscription (tiny models gain nothing from two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------- network file writers
@@ -163,21 +153,16 @@ def write_network(path: Path, model, targets, fmt: str, seed: int = 0,
 
 # ----------------------------------------------------------------------------------------- fixtures
 
-def _engine(root: Path, checkpoints, family: str) -> Engine:
-    checkpoints.path(family)
-    engine = Engine(DataPaths.create(root, ckpt_dir=checkpoints.ckpt_dir), device="cpu")
-    engine.load_checkpoint(f"{family}.safetensors")
-    return engine
 
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory, checkpoints) -> Engine:
-    return _engine(tmp_path_factory.mktemp("lora_sd1"), checkpoints, "sd1")
+    return checkpoints.engine("sd1", root=tmp_path_factory.mktemp("lora_sd1"))
 
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory, checkpoints) -> Engine:
-    return _engine(tmp_path_factory.mktemp("lora_sdxl"), checkpoints, "sdxl")
+    return checkpoints.engine("sdxl", root=tmp_path_factory.mktemp("lora_sdxl"))
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -383,7 +368,7 @@ def test_tag_forms(prompt, uses):
 
 
 def test_sd2_uses_diffusers_unet_names_and_lora_te(tmp_path_factory, checkpoints):
-    engine = _engine(tmp_path_factory.mktemp("lora_sd2"), checkpoints, "sd2")
+    engine = checkpoints.engine("sd2", root=tmp_path_factory.mktemp("lora_sd2"))
     model = engine.models.current
     targets = [("lora_unet_" + p.replace(".", "_"), "unet", p) for p in
                ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v", "up_blocks.1.resnets.2.conv2")]

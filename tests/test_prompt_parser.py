@@ -134,15 +134,7 @@ from webui.engine.prompt_schedule import BatchConditioning, CondSchedule, Condit
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def encoder(sd1_engine, one_thread):
+def encoder(sd1_engine):
     return sd1_engine.models.current.prompt_encoder
 
 
@@ -186,7 +178,7 @@ def test_comma_backtrack_moves_the_words_after_a_late_comma(encoder):
     assert encoder.encode_text(text).context.shape[1] == 154
 
 
-def test_sdxl_clip_skip_follows_a1111(checkpoints, tmp_path_factory, one_thread):
+def test_sdxl_clip_skip_follows_a1111(checkpoints, tmp_path_factory):
     from webui.engine.engine import Engine
     from webui.engine.paths import DataPaths
 
@@ -251,7 +243,7 @@ def test_different_lengths_run_separately_or_padded():
     assert log == [(2, 154, 3)]
 
 
-def test_prompt_editing_and_and_in_generation(sd1_engine, one_thread):
+def test_prompt_editing_and_and_in_generation(sd1_engine):
     run = lambda prompt: sd1_engine.txt2img(small_params(prompt=prompt, steps=4, sampler_name="Euler"))  # noqa: E731
     red, blue = run("red circle"), run("blue circle")
     edited = run("[red:blue:0.5] circle")
