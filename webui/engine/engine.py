@@ -73,15 +73,14 @@ class Engine:
                 progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
         if params.init_images:
             raise EngineError("txt2img takes no init image; use img2img")
-        return self._generate(params, control, progress)
+        return self._generate(params, control, progress, img2img=False)
 
     def img2img(self, params: GenerationParams, control: JobControl | None = None,
                 progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
-        params.validate(img2img=True)
-        return self._generate(params, control, progress)
+        return self._generate(params, control, progress, img2img=True)
 
-    def _generate(self, params, control, progress) -> GenerationResult:
-        params.validate(img2img=bool(params.init_images))
+    def _generate(self, params, control, progress, img2img: bool) -> GenerationResult:
+        params.validate(img2img=img2img)   # before the lock: bad input never waits for, or switches, a model
         with self.lock, checkpoint_switches(self.models, params):
             ctx = self.context(params)
             with self.networks.applied(ctx.model, params):   # weights are restored when the job ends
