@@ -320,7 +320,14 @@ def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
             time.sleep(1)
             for elem_id, value in (("inpaint_steps", 2), ("inpaint_width", 64), ("inpaint_height", 64)):
                 number(elem_id, value)
-            assert "paint over the area" in generate("inpaint")
+            # the upload finishes asynchronously; until the editor holds the picture, Generate says so
+            deadline = time.time() + 30
+            message = generate("inpaint")
+            while "drop a picture" in message and time.time() < deadline:
+                time.sleep(1)
+                page.evaluate("s => { document.querySelector(s).innerText = ''; }", "#html_info_inpaint .html-container")
+                message = generate("inpaint")
+            assert "paint over the area" in message
             canvas = page.locator("#img2maskimg canvas").first
             canvas.scroll_into_view_if_needed()
             box = canvas.bounding_box()
