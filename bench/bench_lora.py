@@ -1,6 +1,7 @@
-"""LoRA apply/remove timings on a tiny fixture model (prints a table; numbers are for comparison only).
+"""LoRA apply/remove timings (prints a table, and RESULT lines for bench/run_all.py).
 
-    python bench/bench_lora.py [--family sd1|sdxl] [--rank 8] [--repeats 5]
+    python bench/bench_lora.py [--family sd1|sdxl] [--rank 8] [--repeats 5]     # tiny fixture model
+    python bench/bench_lora.py --model sd15 [--rank 8] [--repeats 2]             # full-size (bench/models.py)
 
 The network covers every Linear and Conv2d of the UNet and text encoders (kohya names from the model's
 own module names), so the work scales like a full LoRA would on a real model.
@@ -19,7 +20,10 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from common import GB, emit, peak_rss  # noqa: E402
 
 from webui.engine.engine import Engine  # noqa: E402
 from webui.engine.networks.lora_keys import build_key_map  # noqa: E402
@@ -60,13 +64,18 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", help="a bench model (sd15, sdxl, demo, tiny-sd1, ...) instead of --family")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpts = root / "models" / "Stable-diffusion"
         ckpts.mkdir(parents=True)
-        write_checkpoint(ckpts / f"{args.family}.safetensors", args.family)
+        if args.model:
+            import models
+            (ckpts / f"{args.family}.safetensors").symlink_to(models.checkpoint_path(args.model))
+        else:
+            write_checkpoint(ckpts / f"{args.family}.safetensors", args.family)
         engine = Engine(DataPaths.create(root), device="cpu")
         model = engine.load_checkpoint(f"{args.family}.safetensors")
         lora_dir = engine.paths.lora_dir
@@ -75,6 +84,8 @@ def main() -> None:
         write_full_lora(lora_dir / "b.safetensors", model, args.rank, 1)
         nets, lib = engine.networks, engine.networks.library
         rows = []
+        rss = peak_rss()
+        win = rss.__enter__()
 
         def fresh_apply(prompt: str):
             lib._parsed.clear()
@@ -104,7 +115,12 @@ def main() -> None:
         rows.append(("re-apply same set + weights (cached patched weights)", statistics.median(applies)))
         rows.append(("remove (swap the original tensors back)", statistics.median(removes)))
         rows.append(("compute + apply + remove, 2 LoRAs", timed(lambda: fresh_apply("<lora:a:0.7> <lora:b:0.4>"), args.repeats)))
-    print(f"LoRA benchmark: {args.family} fixture, {n} modules, rank {args.rank}, {args.threads} thread(s), "
+        rss.__exit__(None, None, None)
+    tag = dict(model=args.model or f"tiny-{args.family}", threads=args.threads, rank=args.rank, modules=n)
+    for key, (label, seconds) in zip(("lora_cold", "lora_new_weight", "lora_reapply", "lora_remove", "lora_two"), rows):
+        emit(key, seconds, "s", **tag, what=label)
+    emit("lora_rss_delta", win.delta / GB, "GiB", **tag, what="RSS growth while applying/removing (patched-weight cache)")
+    print(f"LoRA benchmark: {args.model or args.family + ' fixture'}, {n} modules, rank {args.rank}, {args.threads} thread(s), "
           f"median of {args.repeats}")
     print(f"| {'operation':<52} | {'ms':>9} |")
     print(f"|{'-' * 54}|{'-' * 11}|")

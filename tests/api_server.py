@@ -46,7 +46,7 @@ def start_server(data_dir: Path, ckpt: Path, timeout: float = 120.0, extra_args:
     log_path = data_dir / "server.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(REPO / "launch.py"), "--nowebui", "--data-dir", str(data_dir),
-           "--port", str(port), "--ckpt", str(ckpt), *extra_args]
+           "--port", str(port), "--ckpt", str(ckpt), "--precision", "fp32", *extra_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ApiServer(process, f"http://127.0.0.1:{port}", log_path)

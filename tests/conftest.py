@@ -13,6 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_on_every_cpu():
+    """Pixel-exact tests assume fp32: "auto" precision would pick bf16 on a CPU with AMX (tests/test_precision.py
+    covers that path explicitly). Subprocess servers get `--precision fp32` (tests/api_server.py, ui_server.py)."""
+    from webui.engine import devices
+
+    original = devices.cpu_bf16_support
+    devices.cpu_bf16_support = lambda *a, **k: False
+    yield
+    devices.cpu_bf16_support = original
+
+
 class CheckpointFactory:
     """Writes each fixture family at most once per session under one data dir."""
 

@@ -229,7 +229,7 @@ def test_samples_format_override_encodes_jpeg_with_exif_infotext(client):
     ("txt2img", {"cfg_scale": [1]}, "cfg_scale"),
     ("txt2img", {"batch_size": 0}, "batch_size"),
     ("txt2img", {"scheduler": "Wobbly"}, "scheduler"),
-    ("txt2img", {"script_name": "x/y/z plot"}, "script_name"),
+    ("txt2img", {"script_name": "no such script"}, "script_name"),
     ("txt2img", {"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ("txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
     ("txt2img", {"override_settings": {"sd_vae": "nope.pt"}}, "override_settings.sd_vae"),
@@ -452,13 +452,18 @@ def test_lists_have_a1111_shapes(client, data_dir):
     models = ok(client.get("/sdapi/v1/sd-models"))
     assert {m["model_name"] for m in models} == {"a", "b", "broken"}
     for m in models:
-        assert set(m) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+        assert set(m) == {"title", "model_name", "hash", "sha256", "filename", "config", "pickle"}   # + our flag
+        assert m["pickle"] is False
         assert Path(m["filename"]).is_file()
     assert ok(client.get("/sdapi/v1/sd-vae")) == []
     assert ok(client.get("/sdapi/v1/loras")) == []
     assert ok(client.get("/sdapi/v1/embeddings")) == {"loaded": {}, "skipped": {}}
-    assert ok(client.get("/sdapi/v1/scripts")) == {"txt2img": [], "img2img": []}
-    for route in ("prompt-styles", "script-info", "extensions", "latent-upscale-modes", "hypernetworks",
+    builtin = {"prompt matrix", "prompts from file or textbox", "x/y/z plot"}   # extensions-builtin/
+    scripts = ok(client.get("/sdapi/v1/scripts"))
+    assert set(scripts["txt2img"]) == builtin and set(scripts["img2img"]) >= builtin | {"outpainting"}
+    extensions = ok(client.get("/sdapi/v1/extensions"))
+    assert extensions and all(e["enabled"] and set(e) >= {"name", "remote", "commit_hash"} for e in extensions)
+    for route in ("prompt-styles", "latent-upscale-modes", "hypernetworks",
                   "face-restorers", "realesrgan-models"):
         assert ok(client.get(f"/sdapi/v1/{route}")) == []
     memory = ok(client.get("/sdapi/v1/memory"))

@@ -168,6 +168,14 @@ def test_depth_model_without_estimator_gets_a_clear_422_and_uses_an_uploaded_map
         ok(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "a"}))
 
 
-def test_outpainting_script_waits_for_scripts(client):
-    body = {**SMALL, "init_images": [encode(picture())], "script_name": "Outpainting mk2"}
-    field_error(client.post("/sdapi/v1/img2img", json=body), "script_name", "no script named")
+def test_outpainting_script_over_http(client):
+    source = picture()
+    body = {**SMALL, "init_images": [encode(source)], "script_name": "Outpainting",
+            "script_args": [16, 0, 1, ["right", "down"]]}   # pixels, mask blur, masked content "original", directions
+    result = ok(client.post("/sdapi/v1/img2img", json=body))
+    image = decode(result["images"][0])
+    assert image.size == (80, 80)
+    kept = np.asarray(image.convert("RGB"))[:64, :64].astype(int)
+    assert np.abs(kept - np.asarray(source.convert("RGB")).astype(int)).max() <= 2   # the original area is kept
+    field_error(client.post("/sdapi/v1/img2img", json={**body, "script_name": "Outpainting mk2"}), "script_name",
+                "no script named")

@@ -175,3 +175,26 @@ def test_txt2img_form_maps_hires_and_refiner_fields():
     assert (p.refiner_checkpoint, p.refiner_switch_at) == ("sdxl-refiner.safetensors", 0.7)
     off = build_params(form | {"enable_hr": False, "refiner_checkpoint": "None"}, 1)
     assert not off.enable_hr and off.refiner_checkpoint is None
+
+
+def test_img2img_refiner_from_the_engine_and_the_form(sdxl):
+    from PIL import Image
+
+    from webui.ui.fields import IMG2IMG_FIELDS, build_params
+
+    init = Image.new("RGB", (64, 64), (40, 90, 200))
+    base = sdxl.img2img(small_params(steps=4, sampler_name="Euler", init_images=[init], denoising_strength=0.8))
+    refined = sdxl.img2img(small_params(steps=4, sampler_name="Euler", init_images=[init], denoising_strength=0.8,
+                                        refiner_checkpoint="sdxl-refiner", refiner_switch_at=0.5))
+    assert "Refiner: sdxl-refiner [" in refined.infotexts[0] and "Denoising strength: 0.8" in refined.infotexts[0]
+    assert refined.images[0].tobytes() != base.images[0].tobytes()
+    assert sdxl.models.current.name == "sdxl.safetensors"
+    # the img2img tab carries the refiner controls too
+    assert {"refiner_checkpoint", "refiner_switch_at"} <= set(IMG2IMG_FIELDS)
+    form = {"prompt": "p", "negative_prompt": "", "sampler_name": "Euler", "scheduler": "Automatic", "steps": 4,
+            "cfg_scale": 7, "width": 64, "height": 64, "n_iter": 1, "batch_size": 1, "seed": 1, "subseed": -1,
+            "subseed_strength": 0, "seed_resize_from_w": 0, "seed_resize_from_h": 0, "init_image": init,
+            "denoising_strength": 0.6, "resize_mode": "Just resize", "refiner_checkpoint": "sdxl-refiner",
+            "refiner_switch_at": 0.4}
+    p = build_params(form, 1, img2img=True)
+    assert (p.refiner_checkpoint, p.refiner_switch_at, p.denoising_strength) == ("sdxl-refiner", 0.4, 0.6)

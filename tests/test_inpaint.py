@@ -321,12 +321,14 @@ def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
             for elem_id, value in (("inpaint_steps", 2), ("inpaint_width", 64), ("inpaint_height", 64)):
                 number(elem_id, value)
             # the upload finishes asynchronously; until the editor holds the picture, Generate says so
-            deadline = time.time() + 30
+            # (Gradio does not re-render an unchanged message, so retries poll the text instead of awaiting a change)
+            deadline = time.time() + 60
             message = generate("inpaint")
             while "drop a picture" in message and time.time() < deadline:
                 time.sleep(1)
-                page.evaluate("s => { document.querySelector(s).innerText = ''; }", "#html_info_inpaint .html-container")
-                message = generate("inpaint")
+                page.click("#inpaint_generate")
+                time.sleep(2)
+                message = page.inner_text("#html_info_inpaint .html-container")
             assert "paint over the area" in message
             canvas = page.locator("#img2maskimg canvas").first
             canvas.scroll_into_view_if_needed()

@@ -86,7 +86,8 @@ def test_prediction_type_from_sidecar_and_override(tmp_path):
 def _count_reads(monkeypatch) -> list[str]:
     reads: list[str] = []
     original = safe_load.load_state_dict
-    monkeypatch.setattr("webui.engine.model_manager.load_state_dict", lambda p: reads.append(Path(p).name) or original(p))
+    monkeypatch.setattr("webui.engine.model_manager.load_state_dict",
+                        lambda p, **kw: reads.append(Path(p).name) or original(p, **kw))
     return reads
 
 

@@ -158,10 +158,7 @@ def test_each_tab_renders_without_console_errors(page):
         assert page.locator(f"#tab_{tab_id}").is_visible(), label
         time.sleep(0.3)  # let lazily rendered tab content settle before the screenshot
         shoot(page, tab_id)
-    for tab_id in ("extras", "extensions"):
-        open_tab(page, tab_id)
-        assert "not available yet" in page.inner_text(f"#tab_{tab_id}")
-    for tab_id in ("inpaint", "outpaint", "depth"):
+    for tab_id in ("inpaint", "outpaint", "depth", "extras", "extensions"):
         open_tab(page, tab_id)
         assert "not available yet" not in page.inner_text(f"#tab_{tab_id}")
     open_tab(page, "txt2img")
@@ -299,6 +296,27 @@ def test_img2img_generates_from_the_init_image(page, tmp_path):
     assert "Denoising strength: 0.5" in info and "Steps: 6" in info
     assert paths[0].parent.parent.name == "img2img-images"
     shoot(page, "img2img")
+    assert page.errors == []
+
+
+@pytest.mark.browser
+def test_extras_upscales_and_saves_with_the_source_infotext(page, tmp_path, data_dir):
+    source = tmp_path / "small.png"
+    save_image_with_infotext(Image.new("RGB", (40, 30), (20, 160, 60)), source, "a green field\nSteps: 3, Seed: 9")
+    open_tab(page, "extras")
+    page.locator("#extras_image input[type=file]").set_input_files(str(source))
+    page.wait_for_selector("#extras_image img", timeout=10_000)
+    set_number(page, "extras_upscaling_resize", 2)
+    page.click("#extras_generate")
+    status = wait_text(page, "#extras_generate_status", "Saved")
+    assert "80×60" in status and "Postprocess upscaler: Lanczos" in status
+    saved = sorted((data_dir / "outputs" / "extras-images").rglob("*.png"))
+    assert saved, status
+    with Image.open(saved[-1]) as out:
+        assert out.size == (80, 60)
+        assert out.getpixel((40, 30)) == (20, 160, 60)
+        assert out.info.get("parameters") == "a green field\nSteps: 3, Seed: 9"
+    shoot(page, "extras")
     assert page.errors == []
 
 

@@ -46,7 +46,7 @@ class Server:
         env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1",
                    PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "launch.py", "--data-dir", str(self.data_dir), "--ckpt", self.ckpt,
-               "--port", str(self.port)]
+               "--port", str(self.port), "--precision", "fp32"]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)

@@ -25,6 +25,35 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-half", action="store_true", help="keep the UNet and text encoders in fp32 on GPU")
     g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32 on GPU")
     g.add_argument("--log-level", default="INFO")
+    _add_performance(p)
+
+
+def _add_performance(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("performance")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="UNet/VAE compute precision (default: the setting, auto): auto is bf16 on CPUs with "
+                        "AMX/AVX512-BF16, fp32 on other CPUs, fp16 on GPU")
+    g.add_argument("--medvram", action="store_true",
+                   help="keep text encoders, UNet and VAE in RAM; move each to the GPU only while it runs")
+    g.add_argument("--lowvram", action="store_true", help="like --medvram, and the UNet block by block")
+    g.add_argument("--channels-last", action="store_true", help="UNet weights in channels_last memory format")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (slow first step; falls back to eager with a warning)")
+    g.add_argument("--vae-tiling", choices=("auto", "always", "never"),
+                   help="tiled VAE encode/decode (default: the setting, auto = above --vae-tiled-threshold)")
+    g.add_argument("--vae-tiled-threshold", type=int, metavar="PIXELS",
+                   help="auto VAE tiling for images above this many pixels (default: the setting, 2048×2048)")
+
+
+def memory_mode(args: argparse.Namespace) -> str:
+    return "lowvram" if getattr(args, "lowvram", False) else "medvram" if getattr(args, "medvram", False) else "normal"
+
+
+def vae_tiling(args: argparse.Namespace):
+    from .engine.vae_tiling import DEFAULT_THRESHOLD, VaeTiling
+
+    return VaeTiling(mode=getattr(args, "vae_tiling", None) or "auto",
+                     threshold=getattr(args, "vae_tiled_threshold", None) or DEFAULT_THRESHOLD)
 
 
 def _add_generation(p: argparse.ArgumentParser) -> None:
@@ -48,6 +77,20 @@ def _add_generation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", type=Path, help="write OUT.png (then OUT-1.png, …); default: outputs/<kind>-images/DATE/")
 
 
+def _add_security(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security", "see docs/security.md")
+    g.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]",
+                   help="require a login for everything (UI, files, queue, API); the first user is the admin")
+    g.add_argument("--gradio-auth-path", metavar="FILE", help="like --gradio-auth, read from a file (entries per line)")
+    g.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]",
+                   help="HTTP Basic on every /sdapi/* and /internal/* route; the first user is the admin")
+    g.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN]", help="origins allowed cross-origin access")
+    g.add_argument("--cors-allow-origins-regex", metavar="REGEX", help="origins (full match) allowed cross-origin access")
+    g.add_argument("--allowed-hosts", metavar="HOST[,HOST]",
+                   help="more Host names this server answers to (localhost and the bind address always work; "
+                        "'.example.lan' allows its subdomains)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion studio: web UI, API and headless generation.")
     _add_common(parser)
@@ -57,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-name", type=str, help="bind this address")
     s.add_argument("--api", action="store_true", help="also serve the A1111-compatible /sdapi/v1 API")
     s.add_argument("--nowebui", action="store_true", help="serve the API only")
+    s.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing and updating extensions even when the server listens beyond localhost")
+    _add_security(parser)
     sub = parser.add_subparsers(dest="command", metavar="{txt2img,img2img}")
     t2i = sub.add_parser("txt2img", help="generate from a prompt and exit")
     _add_common(t2i)
@@ -82,7 +128,13 @@ def make_engine(args: argparse.Namespace, prediction_overrides: dict[str, str] |
     paths = DataPaths.create(args.data_dir, args.ckpt_dir, args.vae_dir, args.lora_dir, args.embeddings_dir)
     extra = [Path(args.ckpt)] if args.ckpt and Path(args.ckpt).exists() else []
     engine = Engine(paths, device=args.device, ckpt_cache=args.ckpt_cache or 1, no_half=args.no_half,
-                    no_half_vae=args.no_half_vae, prediction_overrides=prediction_overrides, extra_checkpoints=extra)
+                    no_half_vae=args.no_half_vae, prediction_overrides=prediction_overrides, extra_checkpoints=extra,
+                    precision=getattr(args, "precision", None) or "auto", memory_mode=memory_mode(args),
+                    channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False),
+                    vae_tiling=vae_tiling(args))
+    from .engine.precision import describe
+    logging.getLogger(__name__).info("precision %s; memory mode %s", describe(engine.devices),
+                                     engine.devices.memory_mode)
     engine.models.set_vae(args.vae or "Automatic")
     try:
         engine.load_checkpoint(args.ckpt or default_checkpoint(engine))
@@ -152,7 +204,11 @@ def run_generation(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .engine.errors import EngineError
 
-    args = build_parser().parse_args(argv)
+    from .extensions.preload import add_extension_flags
+
+    parser = build_parser()
+    add_extension_flags(parser, sys.argv[1:] if argv is None else argv)   # extensions' preload.py flags
+    args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -133,6 +133,21 @@ async def wait_for(job: Job, poll: float = 0.02) -> None:
         delay = min(delay * 1.5, 0.1)
 
 
+# Settings naming folders the server writes to: a remote client could otherwise make it write anywhere.
+PATH_SETTINGS = frozenset({"outdir_txt2img_samples", "outdir_img2img_samples"})
+
+
+def check_path_setting(app: App, key: str, field: str, admin: bool) -> None:
+    """Path settings change only from the machine itself (loopback, no auth) or by an admin under auth."""
+    from ..security.exposure import server_is_exposed
+
+    if key not in PATH_SETTINGS or admin:
+        return
+    if app.args is not None and server_is_exposed(app.args):
+        raise ApiError(403, f"{field}: output folders can only be changed by an admin (or in the UI on the "
+                            "server's own machine)", kind="Forbidden")
+
+
 def coerce_setting(app: App, key: str, value: Any, field: str) -> Any:
     try:
         return app.settings.options[key].coerce(value)

@@ -14,6 +14,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from ..engine.errors import CheckpointError, EngineError, InvalidParameterError
 from ..engine.sampling.registry import UnknownSamplerError, UnknownScheduleError
@@ -63,6 +64,9 @@ def exception_response(exc: Exception) -> JSONResponse:
     """Map an exception to its response; unexpected ones become 500 and are logged with a traceback."""
     if isinstance(exc, RequestValidationError):
         return _validation_response(exc)
+    if isinstance(exc, HTTPException):   # e.g. FastAPI's 400 for a body it cannot parse (too deeply nested)
+        return JSONResponse(error_body("HTTPException", str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
     if isinstance(exc, ApiError):
         if exc.field:
             return _field_response(exc.field, str(exc), exc.status, exc.kind)

@@ -15,8 +15,9 @@ from ..engine.model_files import ModelFile
 from ..engine.params import GenerationParams
 from ..engine.processing import GenerationResult
 from ..engine.sampling.registry import UnknownSamplerError, UnknownScheduleError, resolve_sampler_and_schedule
+from ..extensions.scripts import ScriptSelection
 from ..services.job_queue import Job, JobStatus
-from .context import ApiContext, coerce_setting
+from .context import ApiContext, check_path_setting, coerce_setting
 from .errors import ApiError, field_error
 from .images import decode_image, encode_image
 from .models import GenerationRequest, Img2ImgRequest
@@ -32,7 +33,8 @@ SUPPORTED_FIELDS = frozenset({
     "seed_resize_from_w", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps",
     "cfg_scale", "width", "height", "eta", "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings",
     "override_settings_restore_afterwards", "send_images", "save_images", "force_task_id", "infotext",
-    "do_not_save_samples", "do_not_save_grid", "script_name", "script_args", "init_images", "resize_mode",
+    "do_not_save_samples", "do_not_save_grid", "script_name", "script_args", "alwayson_scripts", "init_images",
+    "resize_mode",
     "denoising_strength", "include_init_images", "comments",
     # inpainting, depth, hires fix and refiner (see `_inpaint_params`, `_hires_params`)
     "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res",
@@ -80,15 +82,15 @@ class PreparedJob:
     job_id: str | None
     echo: dict[str, Any]
     ignored: list[str]
+    scripts: ScriptSelection | None = None
 
 
 # ---- request → params ----------------------------------------------------------------------------
 
 def prepare(api: ApiContext, req: GenerationRequest, kind: str) -> PreparedJob:
     """Check everything that can be checked before queueing; raise 422s naming the field."""
-    values = _with_infotext(req)
-    if values.get("script_name"):
-        raise field_error("script_name", f"no script named {values['script_name']!r}; this app has no scripts yet")
+    values = _with_infotext(req, api.app.extensions)
+    scripts, unknown_scripts = _scripts(api, values, kind)
     overrides, clip_skip, ignored_settings = _overrides(api, values.get("override_settings"),
                                                        values.get("override_settings_restore_afterwards") is not False)
     params = _params(api, values, kind, clip_skip)
@@ -97,10 +99,32 @@ def prepare(api: ApiContext, req: GenerationRequest, kind: str) -> PreparedJob:
     _check_depth(api, params, overrides, kind)
     return PreparedJob(kind=kind, params=params, overrides=overrides, save=bool(values.get("save_images")),
                        send_images=values.get("send_images") is not False, job_id=values.get("force_task_id"),
-                       echo=_echo(req), ignored=_ignored(req) + ignored_settings)
+                       echo=_echo(req), ignored=_ignored(req) + ignored_settings + unknown_scripts, scripts=scripts)
 
 
-def _with_infotext(req: GenerationRequest) -> dict[str, Any]:
+def _scripts(api: ApiContext, values: dict[str, Any], kind: str) -> tuple[ScriptSelection, list[str]]:
+    """script_name/script_args and alwayson_scripts ({title: {"args": [...]}}), checked against the tab's scripts.
+    An unknown script_name is a 422; always-on scripts this app lacks are skipped and reported as ignored
+    (clients send args for extensions such as ControlNet whether or not the server has them)."""
+    runner = api.app.extensions.runner(kind)
+    name = values.get("script_name")
+    if name and runner.find(name, alwayson=False) is None:
+        raise field_error("script_name", f"no script named {name!r}; available: {', '.join(runner.titles()) or 'none'}")
+    alwayson, unknown = {}, []
+    for title, body in (values.get("alwayson_scripts") or {}).items():
+        if runner.find(title, alwayson=True) is None:
+            log.info("alwayson_scripts: no always-on script named %r; ignored", title)
+            unknown.append(title)
+            continue
+        args = body.get("args", []) if isinstance(body, dict) else body
+        if not isinstance(args, list):
+            raise field_error(f"alwayson_scripts.{title}.args", "must be a list")
+        alwayson[title] = args
+    selection = ScriptSelection(name or None, list(values.get("script_args") or []), alwayson)
+    return selection, ["alwayson_scripts"] if unknown else []
+
+
+def _with_infotext(req: GenerationRequest, extensions=None) -> dict[str, Any]:
     """The request's values, with fields the client did not set taken from `infotext` (as A1111 does)."""
     values = req.model_dump()
     text = values.get("infotext")
@@ -108,6 +132,8 @@ def _with_infotext(req: GenerationRequest) -> dict[str, Any]:
         return values
     explicit = req.model_fields_set
     parsed = parse_infotext(text, fill_defaults=False)
+    if extensions is not None:
+        parsed = extensions.infotext_pasted(text, parsed)
     for key, (name, typ) in INFOTEXT_FIELDS.items():
         if key not in parsed or name in explicit:
             continue
@@ -263,6 +289,7 @@ def _overrides(api: ApiContext, settings: dict[str, Any] | None, restore: bool
         elif key == "sd_vae":
             out.vae = api.check_vae(value, name)
         elif key in app.settings.options:
+            check_path_setting(app, key, name, admin=False)
             checked = coerce_setting(app, key, value, name)
             if key == "CLIP_stop_at_last_layers":
                 clip_skip = checked
@@ -297,10 +324,10 @@ def _echo(req: GenerationRequest) -> dict[str, Any]:
 
 # ---- running on the worker -----------------------------------------------------------------------
 
-def submit(api: ApiContext, job: PreparedJob) -> Job:
+def submit(api: ApiContext, job: PreparedJob, owner: str = "api") -> Job:
     meta = {"n_iter": job.params.n_iter, "batch_size": job.params.batch_size, "api": True}
-    return api.app.submit(job.kind, job.params, owner="api", save=job.save, job_id=job.job_id,
-                          around=lambda: _prepared_model(api, job.overrides), meta=meta)
+    return api.app.submit(job.kind, job.params, owner=owner, save=job.save, job_id=job.job_id,
+                          around=lambda: _prepared_model(api, job.overrides), meta=meta, scripts=job.scripts)
 
 
 @contextmanager
@@ -353,6 +380,8 @@ def _persist(api: ApiContext, ov: ModelOverrides) -> None:
 def response(api: ApiContext, prepared: PreparedJob, job: Job) -> dict[str, Any]:
     if job.status is JobStatus.CANCELLED:
         raise ApiError(409, f"job {job.id} was cancelled before it started", kind="JobCancelled")
+    if isinstance(job.exception, InvalidParameterError):   # e.g. a script refusing its script_args on the worker
+        raise field_error(job.exception.field, str(job.exception))
     if job.status is JobStatus.FAILED or job.result is None:
         raise ApiError(500, f"generation failed (job {job.id}): {job.error}", kind="GenerationError")
     result: GenerationResult = job.result

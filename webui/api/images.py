@@ -9,7 +9,7 @@ import re
 from PIL import Image, UnidentifiedImageError
 
 from ..engine import infotext as infotext_mod
-from .errors import field_error
+from .errors import ApiError, field_error
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -42,11 +42,17 @@ def decode_image(data: str, field: str, max_pixels: int | None = None) -> Image.
             raise field_error(field, f"image is {image.width}x{image.height}, more than the "
                                      f"{max_pixels} pixels allowed (setting img_max_pixels)")
         image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        raise field_error(field, f"image has too many pixels ({exc}; setting img_max_pixels)") from None
+    except UnidentifiedImageError:
         raise field_error(field, "the decoded data is not an image in a format this server reads "
                                  "(PNG, JPEG, WebP, ...)") from None
     except OSError as exc:
         raise field_error(field, f"the image is damaged or truncated ({exc})") from None
+    except ApiError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise assorted types on hostile input; all are the client's fault
+        raise field_error(field, f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
     return image
 
 

@@ -10,8 +10,8 @@ import torch
 
 from ..engine.embeddings import describe as describe_embedding
 from ..engine.model_files import ModelFile
+from ..engine.postprocess import EXTRAS_UPSCALERS
 from .context import ApiContext
-from .extras import UPSCALERS
 
 A1111_DEFAULT_RHO = -1.0   # A1111's Scheduler.default_rho when a schedule has none
 
@@ -35,7 +35,7 @@ def schedulers(api: ApiContext) -> list[dict[str, Any]]:
 
 def upscalers() -> list[dict[str, Any]]:
     return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-             "scale": None if name == "None" else 4} for name in UPSCALERS]
+             "scale": None if name == "None" else 4} for name in EXTRAS_UPSCALERS]
 
 
 def _model_name(file: ModelFile) -> str:
@@ -49,7 +49,7 @@ def sd_models(api: ApiContext) -> list[dict[str, Any]]:
     for file in models.checkpoints():
         sha = None if file.is_diffusers_folder else models.hashes.lookup("sha256", file.path)
         out.append({"title": models.title(file), "model_name": _model_name(file), "hash": sha[:10] if sha else None,
-                    "sha256": sha, "filename": file.filename, "config": None})
+                    "sha256": sha, "filename": file.filename, "config": None, "pickle": file.is_pickle})
     return out
 
 
@@ -129,3 +129,15 @@ def _cuda() -> dict[str, Any]:
                      "peak": s.get("inactive_split_bytes.all.peak", 0)},
         "events": {"retries": s.get("num_alloc_retries", 0), "oom": s.get("num_ooms", 0)},
     }
+
+
+def extensions(api: ApiContext) -> list[dict[str, Any]]:
+    from ..extensions.manager import ExtensionManager
+
+    manager = ExtensionManager.for_app(api.app)
+    out = []
+    for ext in manager.extensions():
+        git = manager.git_info(ext)
+        out.append({"name": ext.name, "remote": git.remote, "branch": git.branch, "commit_hash": git.commit,
+                    "version": git.version, "commit_date": git.date, "enabled": ext.enabled})
+    return out

@@ -203,6 +203,7 @@ class SDModelItem(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+    pickle: bool = Field(False, description="a .ckpt/.pt/.bin file: read tensors-only, never unpickled freely")
 
 
 class SDVaeItem(BaseModel):

@@ -5,16 +5,18 @@ Generation runs as jobs on the app's shared FIFO queue; the request waits for it
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from fastapi import APIRouter, Body, FastAPI, Query
+from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ..app import App
+from ..security.owners import requester_of
+from ..services.job_queue import JobForbidden
 from . import extras, generation, listings
 from . import models as m
 from . import progress as prog
-from .context import MODEL_JOB, ApiContext, coerce_setting, wait_for
+from .context import MODEL_JOB, ApiContext, check_path_setting, coerce_setting, wait_for
 from .errors import ApiError, ApiRoute
 from .images import decode_image
 from .pnginfo import png_info
@@ -35,41 +37,46 @@ def mount_api(server: FastAPI, app: App) -> None:
 
 
 def _generation_routes(router: APIRouter, api: ApiContext) -> None:
-    async def run(req: m.GenerationRequest, kind: str) -> dict[str, Any]:
+    async def run(req: m.GenerationRequest, kind: str, request: Request) -> dict[str, Any]:
         prepared = await run_in_threadpool(generation.prepare, api, req, kind)
-        job = generation.submit(api, prepared)
+        job = generation.submit(api, prepared, owner=requester_of(request).owner)
         await wait_for(job)
         return await run_in_threadpool(generation.response, api, prepared, job)
 
     @router.post(f"{PREFIX}/txt2img", response_model=m.GenerationResponse, tags=["generation"])
-    async def txt2img(req: m.Txt2ImgRequest) -> dict[str, Any]:
+    async def txt2img(req: m.Txt2ImgRequest, request: Request) -> dict[str, Any]:
         """Generate from a prompt. Waits for the job; `force_task_id` names it for /internal/progress."""
-        return await run(req, "txt2img")
+        return await run(req, "txt2img", request)
 
     @router.post(f"{PREFIX}/img2img", response_model=m.GenerationResponse, tags=["generation"])
-    async def img2img(req: m.Img2ImgRequest) -> dict[str, Any]:
+    async def img2img(req: m.Img2ImgRequest, request: Request) -> dict[str, Any]:
         """Generate from init_images and a prompt."""
-        return await run(req, "img2img")
+        return await run(req, "img2img", request)
 
 
 def _progress_routes(router: APIRouter, api: ApiContext) -> None:
     app = api.app
 
     @router.get(f"{PREFIX}/progress", response_model=m.ProgressResponse, tags=["jobs"])
-    def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
-        """Progress of the running job, whoever started it (A1111's global state)."""
-        return prog.progress(app, skip_current_image)
+    def progress(request: Request, skip_current_image: bool = Query(False)) -> dict[str, Any]:
+        """Progress of the running job, whoever started it (A1111's global state). Under auth, its live
+        preview is shown only to the job's owner and admins."""
+        current = app.queue.current()
+        who = requester_of(request)
+        private = current is not None and who.authenticated and not who.may_control(current.owner)
+        return prog.progress(app, skip_current_image or private)
 
     @router.post(f"{PREFIX}/interrupt", response_model=m.Empty, tags=["jobs"])
-    def interrupt() -> dict:
-        """Stop the running job after its current step; it returns what it finished."""
-        app.queue.interrupt(None)
+    def interrupt(request: Request) -> dict:
+        """Stop the running job after its current step; it returns what it finished. Under auth, admins only
+        (others stop their own jobs with /jobs/{id}/interrupt)."""
+        _global_control(request, app.queue.interrupt, "interrupt")
         return {}
 
     @router.post(f"{PREFIX}/skip", response_model=m.Empty, tags=["jobs"])
-    def skip() -> dict:
-        """Skip the current batch of the running job."""
-        app.queue.skip(None)
+    def skip(request: Request) -> dict:
+        """Skip the current batch of the running job (under auth: admins only)."""
+        _global_control(request, app.queue.skip, "skip")
         return {}
 
     @router.get(f"{PREFIX}/jobs/{{job_id}}", response_model=m.JobInfo, tags=["jobs"])
@@ -78,21 +85,40 @@ def _progress_routes(router: APIRouter, api: ApiContext) -> None:
         return prog.job_info(app, app.queue.get(job_id))
 
     @router.post(f"{PREFIX}/jobs/{{job_id}}/interrupt", response_model=m.JobInfo, tags=["jobs"])
-    def job_interrupt(job_id: str) -> dict[str, Any]:
-        """Interrupt this job only (a queued one is cancelled)."""
-        app.queue.interrupt(job_id)
+    def job_interrupt(job_id: str, request: Request) -> dict[str, Any]:
+        """Interrupt this job only (a queued one is cancelled). Only its owner or an admin may."""
+        _control(request, app.queue.interrupt, job_id)
         return prog.job_info(app, app.queue.get(job_id))
 
     @router.post(f"{PREFIX}/jobs/{{job_id}}/cancel", response_model=m.JobInfo, tags=["jobs"])
-    def job_cancel(job_id: str) -> dict[str, Any]:
-        """Cancel this job: removed from the queue if waiting, interrupted if running."""
-        app.queue.cancel(job_id)
+    def job_cancel(job_id: str, request: Request) -> dict[str, Any]:
+        """Cancel this job: removed from the queue if waiting, interrupted if running. Only its owner or an admin may."""
+        _control(request, app.queue.cancel, job_id)
         return prog.job_info(app, app.queue.get(job_id))
 
     @router.post("/internal/progress", response_model=m.TaskProgressResponse, tags=["jobs"])
     def task_progress(req: m.TaskProgressRequest) -> dict[str, Any]:
         """Progress and live preview of one job, by the id given as force_task_id."""
         return prog.task_progress(app, req.id_task, req.id_live_preview, req.live_preview)
+
+
+def _global_control(request: Request, action: Callable[..., None], name: str) -> None:
+    """A1111's global controls act on whatever job runs: anyone's without a login, admins' only under auth."""
+    who = requester_of(request)
+    if who.authenticated and not who.admin:
+        raise ApiError(403, f"only an admin may {name} whatever job is running; use /sdapi/v1/jobs/{{id}}/"
+                            f"{'interrupt' if name == 'interrupt' else 'cancel'} for your own jobs", kind="Forbidden")
+    action(None, owner=None)
+
+
+def _control(request: Request, action: Callable[..., None], job_id: str) -> None:
+    """A queue control by job id on behalf of the requester: on their own jobs only, unless they are an admin."""
+    who = requester_of(request)
+    owner = who.owner_filter()
+    try:
+        action(job_id, owner=owner)
+    except JobForbidden as exc:
+        raise ApiError(403, str(exc), kind="Forbidden") from None
 
 
 def _settings_routes(router: APIRouter, api: ApiContext) -> None:
@@ -103,11 +129,14 @@ def _settings_routes(router: APIRouter, api: ApiContext) -> None:
         return listings.options(api)
 
     @router.post(f"{PREFIX}/options", response_model=m.OptionsUpdateResponse, tags=["settings"])
-    async def set_options(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Change settings. `sd_model_checkpoint` and `sd_vae` switch the model (queued after earlier jobs)."""
+    async def set_options(request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        """Change settings. `sd_model_checkpoint` and `sd_vae` switch the model (queued after earlier jobs).
+        Output folders change only from the server's own machine, or by an admin."""
         checkpoint = vae = None
         plain, ignored = {}, []
+        admin = requester_of(request).admin
         for key, value in body.items():
+            check_path_setting(app, key, key, admin)
             if key == "sd_model_checkpoint":
                 checkpoint = api.resolve_checkpoint(value, key)
             elif key == "sd_vae":
@@ -184,15 +213,19 @@ def _list_routes(router: APIRouter, api: ApiContext) -> None:
 
     @get("scripts", m.ScriptsList)
     def scripts() -> dict:
-        return {"txt2img": [], "img2img": []}
+        """Titles (lower case, as A1111) of the extension scripts of each tab, selectable and always-on."""
+        host = api.app.extensions
+        return {kind: [host.title_of(s).lower() for s in host.runner(kind).scripts if s.extension not in host.disabled]
+                for kind in ("txt2img", "img2img")}
 
     @get("script-info", list[m.ScriptInfo])
     def script_info() -> list[dict]:
-        return []
+        return api.app.extensions.script_info()
 
     @get("extensions", list[m.ExtensionItem])
     def extensions() -> list[dict]:
-        return []
+        """Installed extensions (built-in ones too), with their git origin where they have one."""
+        return listings.extensions(api)
 
     @get("hypernetworks", list[m.NamedItem])
     def hypernetworks() -> list[dict]:
@@ -255,7 +288,10 @@ def _image_routes(router: APIRouter, api: ApiContext) -> None:
         """The infotext of an image, its other metadata, and the parsed parameters."""
         if not req.image.strip():
             return {"info": "", "items": {}, "parameters": {}}
-        return png_info(decode_image(req.image, "image", max_pixels()))
+        out = png_info(decode_image(req.image, "image", max_pixels()))
+        if out["info"]:   # A1111 runs the infotext_pasted callbacks on the parsed parameters
+            out["parameters"] = app.extensions.infotext_pasted(out["info"], out["parameters"])
+        return out
 
     @router.post(f"{PREFIX}/extra-single-image", response_model=m.ExtrasSingleImageResponse, tags=["images"])
     def extra_single_image(req: m.ExtrasSingleImageRequest) -> dict[str, Any]:

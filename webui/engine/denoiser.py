@@ -117,6 +117,8 @@ class CFGDenoiser:
         if len(passes) == 1:
             return state[f"{passes[0]}_denoised"]
         cond_out, uncond_out = state["cond_denoised"], state["uncond_denoised"]
+        if cond.simple and cond_out.shape == uncond_out.shape:   # plain CFG: no per-step index tensors
+            return uncond_out + self.cfg_scale * (cond_out - uncond_out)
         owners = torch.tensor(cond.owners, device=uncond_out.device)
         weights = torch.tensor(cond.weights, device=uncond_out.device, dtype=uncond_out.dtype)
         weights = weights.reshape(-1, *([1] * (uncond_out.ndim - 1)))
@@ -143,12 +145,16 @@ class CFGDenoiser:
 
     def _inputs(self, x: torch.Tensor, sigma: torch.Tensor, name: str, rows: StepConds) -> tuple:
         """(x, sigma, conditioning, time_ids, extra channels) for one side's rows."""
-        owners = rows.owners
-        index = torch.tensor(owners, device=x.device)
+        n = x.shape[0]
+        if rows.owners == list(range(n)):
+            pick = _same      # one row per image, in order: no index tensor, no gather copy
+        else:
+            index = torch.tensor(rows.owners, device=x.device)
+            pick = lambda t: t[index]
         added = self.cond_added if name == "cond" else self.uncond_added
-        time_ids = None if added is None else _expand(added["time_ids"], x.shape[0])[index]
-        extra = None if self.extra_channels is None else _expand(self.extra_channels, x.shape[0])[index]
-        return x[index], _expand(sigma, x.shape[0])[index], rows.cond, time_ids, extra
+        time_ids = None if added is None else pick(_expand(added["time_ids"], n))
+        extra = None if self.extra_channels is None else pick(_expand(self.extra_channels, n))
+        return pick(x), pick(_expand(sigma, n)), rows.cond, time_ids, extra
 
     def _call(self, batches: list[tuple]) -> torch.Tensor:
         x = torch.cat([b[0] for b in batches])
@@ -166,6 +172,10 @@ def _rows(side: Conditioning | BatchConditioning, step: int, n: int) -> StepCond
     if isinstance(side, BatchConditioning):
         return side.at(step)
     return StepConds(side, list(range(n)), [1.0] * n)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _expand(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -16,21 +16,28 @@ from .devices import device_config
 from .embeddings import EmbeddingLibrary, EmbeddingSet
 from .errors import EngineError
 from .hashing import HashCache
+from .job_hooks import ProcessingHooks
 from .job_plan import checkpoint_switches
 from .model_manager import ModelManager, SDModel
 from .networks import LoraFile, Networks
 from .params import GenerationParams
 from .paths import DataPaths
+from .precision import set_precision
 from .processing import GenerationResult, JobControl, ProcessingContext, StepInfo, generate
 from .sampling.registry import default_sampler_registry, default_schedule_registry, resolve_sampler_and_schedule
+from .vae_tiling import VaeTiling
 
 
 class Engine:
     def __init__(self, paths: DataPaths | None = None, device: str | None = None, ckpt_cache: int = 1,
                  no_half: bool = False, no_half_vae: bool = False, prediction_overrides: dict[str, str] | None = None,
-                 extra_checkpoints: list[Path] = ()):
+                 extra_checkpoints: list[Path] = (), precision: str = "auto", memory_mode: str = "normal",
+                 channels_last: bool = False, compile: bool = False, vae_tiling: VaeTiling | None = None):
         self.paths = paths or DataPaths.create()
-        self.devices = device_config(device, no_half=no_half, no_half_vae=no_half_vae)
+        # precision and vae_tiling may change at any time (read per call); the rest applies at model load
+        self.devices = device_config(device, no_half=no_half, no_half_vae=no_half_vae, precision=precision,
+                                     memory_mode=memory_mode, channels_last=channels_last, compile=compile,
+                                     vae_tiling=vae_tiling)
         self.hashes = HashCache(self.paths.cache_file)
         self.models = ModelManager(self.paths, self.devices, self.hashes, ckpt_cache, prediction_overrides,
                                    extra_checkpoints)
@@ -42,15 +49,25 @@ class Engine:
         self.embeddings = EmbeddingLibrary(self.paths.embeddings_dirs, self.hashes)
         self.prompt_options = PromptOptions()   # the emphasis/padding settings; the app updates them
         self.lock = threading.Lock()   # one generation or model swap at a time
+        self.model_listeners: list[Callable[[SDModel], None]] = []   # called after load_checkpoint (extensions)
 
     # ---- models ----------------------------------------------------------------------------------
     def load_checkpoint(self, query: str | Path) -> SDModel:
         with self.lock:
-            return self.models.load(query)
+            model = self.models.load(query)
+        for listener in self.model_listeners:
+            listener(model)
+        return model
 
     def set_vae(self, choice: str) -> None:
         with self.lock:
             self.models.set_vae(choice)
+
+    def set_precision(self, value: str) -> None:
+        """"auto", "fp32", "bf16" or "fp16"; takes effect at the next UNet/VAE call, without a reload.
+
+        On GPU the weights keep the dtype they were loaded in (devices.py); this switches only fp32 weights."""
+        set_precision(self.devices, value)
 
     def require_model(self) -> SDModel:
         if self.models.current is None:
@@ -70,21 +87,24 @@ class Engine:
                                  prompt_options=self.prompt_options, embeddings=self.embeddings)
 
     def txt2img(self, params: GenerationParams, control: JobControl | None = None,
-                progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
+                progress: Callable[[StepInfo], None] | None = None,
+                hooks: ProcessingHooks | None = None) -> GenerationResult:
         if params.init_images:
             raise EngineError("txt2img takes no init image; use img2img")
-        return self._generate(params, control, progress, img2img=False)
+        return self._generate(params, control, progress, img2img=False, hooks=hooks)
 
     def img2img(self, params: GenerationParams, control: JobControl | None = None,
-                progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
-        return self._generate(params, control, progress, img2img=True)
+                progress: Callable[[StepInfo], None] | None = None,
+                hooks: ProcessingHooks | None = None) -> GenerationResult:
+        return self._generate(params, control, progress, img2img=True, hooks=hooks)
 
-    def _generate(self, params, control, progress, img2img: bool) -> GenerationResult:
+    def _generate(self, params, control, progress, img2img: bool, hooks: ProcessingHooks | None = None
+                  ) -> GenerationResult:
         params.validate(img2img=img2img)   # before the lock: bad input never waits for, or switches, a model
         with self.lock, checkpoint_switches(self.models, params):
             ctx = self.context(params)
             with self.networks.applied(ctx.model, params):   # weights are restored when the job ends
-                return generate(ctx, params, control, progress)
+                return generate(ctx, params, control, progress, hooks)
 
     # ---- extra networks --------------------------------------------------------------------------
     def list_loras(self, refresh: bool = False) -> list[LoraFile]:

@@ -16,12 +16,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from . import model_loader, prediction
+from . import memory_modes, model_loader, prediction
 from .conditioning import PromptEncoder, TextEncoder, load_tokenizer
 from .detect import VAE_PREFIX, Family, UnknownArchitecture, detect_family
 from .devices import DeviceConfig, free_memory
 from .errors import CheckpointError
 from .hashing import HashCache, short_hash
+from .heap import trim_heap
 from .model_files import ModelFile, find_auto_vae, find_by_name, list_checkpoints, list_vaes
 from .paths import DataPaths
 from .safe_load import load_state_dict, safetensors_metadata
@@ -29,6 +30,7 @@ from .sampling.discrete import DiscreteSchedule
 
 log = logging.getLogger(__name__)
 VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"
+PICKLE_MARK = "[pickle]"   # shown after pickle checkpoints: loaded tensors-only, but worth converting
 FAMILY_SIZES = {"sd1": 512, "sd2": 512, "sdxl": 1024}
 
 
@@ -86,6 +88,7 @@ class ModelManager:
         self._vae_cache: dict[str, AutoencoderKL] = {}
         self._tokenizers: dict[bool, object] = {}
         self._lock = threading.RLock()
+        self.offloader = memory_modes.Offloader(devices.device, devices.offload_device)
         self.current: SDModel | None = None
         self._checkpoints: list[ModelFile] = []
         self._vaes: list[ModelFile] = []
@@ -103,9 +106,10 @@ class ModelManager:
         return list(self._vaes)
 
     def title(self, file: ModelFile) -> str:
-        """A1111's 'name [shorthash]' once the hash is known, else the bare name."""
+        """A1111's 'name [shorthash]' once the hash is known, else the bare name; pickles end in ' [pickle]'."""
         sha = self.hashes.lookup("sha256", file.path) if not file.is_diffusers_folder else None
-        return f"{file.name} [{short_hash(sha)}]" if sha else file.name
+        title = f"{file.name} [{short_hash(sha)}]" if sha else file.name
+        return f"{title} {PICKLE_MARK}" if file.is_pickle else title
 
     def resolve(self, query: str | Path) -> ModelFile:
         path = Path(query)
@@ -129,11 +133,13 @@ class ModelManager:
         key = self._cache_key(file)
         with self._lock:
             model = self._loaded.get(key)
-            if model is None:
+            fresh = model is None
+            if fresh:
                 model = self._load_file(file)
                 self._loaded[key] = model
             self._loaded.move_to_end(key)
-            self._evict()
+            if self._evict() or fresh:
+                self._release_memory()   # a cache hit freed nothing: no gc pass (~0.9 s with a model loaded)
             self._activate(model)
             return model
 
@@ -141,38 +147,55 @@ class ModelManager:
         st = file.path.stat()
         return f"{file.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
-    def _evict(self) -> None:
+    def _evict(self) -> bool:
+        evicted = False
         while len(self._loaded) > self.cache_size:
             _, old = self._loaded.popitem(last=False)
+            self.offloader.detach(old)
             if old is self.current:
                 self.current = None
             del old
+            evicted = True
+        return evicted
+
+    def _release_memory(self) -> None:
         free_memory(self.devices.device)
+        trim_heap()
 
     def _activate(self, model: SDModel) -> None:
+        vae = model.vae
         if self.current is not None and self.current is not model:
+            self.offloader.detach(self.current)
             self._move(self.current, torch.device("cpu"))
         self._apply_vae_choice(model)
+        if model is self.current and model.vae is vae:
+            return   # selected again: already prepared and placed, so no hooks or weights to redo
+        memory_modes.prepare(model, self.devices, self.offloader)   # precision, tiling, offload hooks
         self._move(model, self.devices.device)
         self.current = model
 
     def _move(self, model: SDModel, device: torch.device) -> None:
         if self.devices.device.type == "cpu":
             return
+        if device == self.devices.device and self.devices.memory_mode != "normal":
+            return   # the offloader brings each component in when it runs
         for module in model.modules():
             module.to(device)
 
     def unload(self) -> None:
         with self._lock:
+            for model in self._loaded.values():
+                self.offloader.detach(model)
             self._loaded.clear()
             self.current = None
             free_memory(self.devices.device)
+            trim_heap()
 
     def _load_file(self, file: ModelFile) -> SDModel:
         log.info("loading checkpoint %s", file.path)
         if file.is_diffusers_folder:
             return self._load_diffusers_folder(file)
-        sd = load_state_dict(file.path)
+        sd = load_state_dict(file.path, dtype=self.devices.dtype)   # cast while reading: no second copy
         try:
             return self._build(file, sd)
         except UnknownArchitecture as exc:
@@ -245,6 +268,7 @@ class ModelManager:
             self.vae_choice = choice
             if self.current is not None:
                 self._apply_vae_choice(self.current)
+                memory_modes.prepare(self.current, self.devices, self.offloader)
                 self._move(self.current, self.devices.device)
 
     def _apply_vae_choice(self, model: SDModel) -> None:

@@ -65,6 +65,12 @@ class GenerationParams:
     # sampler knobs (A1111's s_churn, s_tmin, s_tmax, s_noise, eta) by name
     sampler_options: dict[str, float] = field(default_factory=dict)
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    # A1111's per-image lists: processing fills them at the start of every job (from prompt, negative_prompt,
+    # seed, subseed); changes made by a `ProcessingHooks.process` hook are what the job then uses.
+    all_prompts: list[str] = field(default_factory=list)
+    all_negative_prompts: list[str] = field(default_factory=list)
+    all_seeds: list[int] = field(default_factory=list)
+    all_subseeds: list[int] = field(default_factory=list)
 
     def validate(self, img2img: bool = False) -> None:
         _check_int(self, "steps", 1, 1000)

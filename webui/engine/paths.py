@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+# Extensions shipped with the app (same layout as DATA/extensions/<name>); never installed or updated by the UI.
+BUILTIN_EXTENSIONS_DIR = REPO_ROOT / "extensions-builtin"
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class DataPaths:
     extensions_dir: Path
     config_file: Path
     cache_file: Path
+    builtin_extensions_dir: Path = BUILTIN_EXTENSIONS_DIR
 
     @classmethod
     def create(
@@ -44,6 +47,10 @@ class DataPaths:
             config_file=root / "config.json",
             cache_file=root / "cache.json",
         )
+
+    def extension_dirs(self) -> list[Path]:
+        """Built-in extensions first, so a user extension cannot hide one of the same name."""
+        return [self.builtin_extensions_dir, self.extensions_dir]
 
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""

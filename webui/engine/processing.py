@@ -13,10 +13,11 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import image_ops, infotext
+from . import image_ops, infotext, precision
 from .conditioning import PromptOptions
 from .denoiser import CFGDenoiser, DenoiserHooks, UNetDenoiser
 from .errors import EngineError
+from .job_hooks import BatchInfo, ProcessingHooks
 from .model_manager import SDModel
 from .params import GenerationParams
 from .prompt_parser import DEFAULT_EMPHASIS
@@ -180,15 +181,11 @@ def decode_latents(model: SDModel, latents: torch.Tensor) -> torch.Tensor:
     z = latents / vae.config.scaling_factor
     out = vae.decode(z.to(vae.dtype)).sample
     if torch.isnan(out).any():
-        if vae.dtype == torch.float32:
+        if not precision.is_reduced(vae):
             raise NansError("the VAE produced NaN values even in fp32; the VAE file may be broken")
-        original = vae.dtype
-        log.warning("VAE decode gave NaN in %s; redoing it in fp32", original)
-        vae.to(torch.float32)
-        try:
+        log.warning("VAE decode gave NaN in reduced precision; redoing it in fp32")
+        with precision.full_precision(vae):
             out = vae.decode(z.float()).sample
-        finally:
-            vae.to(original)
     return out.float()
 
 
@@ -259,16 +256,39 @@ class _Sampling:
             return self.last_denoised
 
 
+def _job_lists(p: GenerationParams, hooks: ProcessingHooks, is_img2img: bool) -> None:
+    """Fill A1111's p.all_* lists, then let `hooks.process` change them (and other fields of p)."""
+    n = p.batch_size * p.n_iter
+    p.all_seeds, p.all_subseeds = _seeds(p)
+    p.all_prompts, p.all_negative_prompts = [p.prompt] * n, [p.negative_prompt] * n
+    if hooks.process is None:
+        return
+    hooks.process(p)
+    p.validate(img2img=is_img2img)
+    n = p.batch_size * p.n_iter
+    for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+        if len(getattr(p, name)) < n:
+            raise EngineError(f"p.{name} has {len(getattr(p, name))} entries for {n} images")
+
+
+def _call(hook: Callable | None, *args) -> None:
+    if hook is not None:
+        hook(*args)
+
+
 def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | None = None,
-             progress: Callable[[StepInfo], None] | None = None) -> GenerationResult:
+             progress: Callable[[StepInfo], None] | None = None,
+             hooks: ProcessingHooks | None = None) -> GenerationResult:
     from .job_plan import JobPlan   # job_plan imports this module
 
     is_img2img = bool(p.init_images)
     p.validate(img2img=is_img2img)
     control = control or JobControl()
+    hooks = hooks or ProcessingHooks()
+    _job_lists(p, hooks, is_img2img)
     plan = JobPlan(ctx, p)
     model, device = ctx.model, ctx.device
-    seeds, subseeds = _seeds(p)
+    seeds, subseeds = p.all_seeds, p.all_subseeds
     scale = _latent_scale(model)
     shape = (model.latent_channels, p.height // scale, p.width // scale)
     full_sigmas = build_sigmas(ctx.sampler, ctx.schedule, p.steps, model.schedule, device)
@@ -278,6 +298,7 @@ def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | 
     added = _time_ids(model, p, device)
     state = _Sampling(ctx, p, len(sigmas) - 1 + plan.extra_steps, control, progress)
     images, texts = [], []
+    used: dict[str, list] = {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []}
     started = time.time()
     for b in range(p.n_iter):
         if control.interrupted:
@@ -285,31 +306,43 @@ def generate(ctx: ProcessingContext, p: GenerationParams, control: JobControl | 
         control.skipped = False
         state.batch_index = b
         sl = slice(b * p.batch_size, (b + 1) * p.batch_size)
-        prompts, negatives = [p.prompt] * p.batch_size, [p.negative_prompt] * p.batch_size
-        cond, uncond = conds.batch(prompts, negatives, device)
-        rng = ImageRNG(shape, seeds[sl], subseeds[sl], p.subseed_strength,
+        batch = BatchInfo(b, p.all_prompts[sl], p.all_negative_prompts[sl], seeds[sl], subseeds[sl])
+        _call(hooks.before_batch, p, batch)
+        cond, uncond = conds.batch(batch.prompts, batch.negative_prompts, device)
+        _call(hooks.process_batch, p, batch)
+        rng = ImageRNG(shape, batch.seeds, batch.subseeds, p.subseed_strength,
                        (p.seed_resize_from_w, p.seed_resize_from_h), latent_scale=scale)
         noise = rng.first().to(device)
-        plan.begin_batch(state, noise, prompts, negatives, seeds[sl], subseeds[sl])
+        plan.begin_batch(state, noise, batch.prompts, batch.negative_prompts, batch.seeds, batch.subseeds)
         if init_latent is None:
             x = noise * initial_noise_scale(ctx.sampler, sigmas)
         else:
             x = plan.start_latent(noise) + noise * sigmas[0]
         samples = state.run(x, sigmas, cond, uncond, rng, added, plan.image_conditioning(x), wrap=plan.wrap)
+        if plan.hires is not None and samples is not None:
+            _call(hooks.before_hr, p, batch)
         samples = plan.second_pass(state, samples)   # hires fix
         state.done = (b + 1) * state.per_batch   # a skipped batch counts as finished for progress
         if samples is None:
             continue
         if torch.isnan(samples).any():
             raise NansError("the UNet produced NaN values; try fp32 (--no-half) or another sampler")
-        for i, img in enumerate(plan.finish(image_ops.tensor_to_pil(decode_latents(plan.decode_model, samples)))):
-            text = _infotext(ctx, p, p.prompt, p.negative_prompt, seeds[sl][i], subseeds[sl][i], is_img2img)
+        decoded = plan.finish(image_ops.tensor_to_pil(decode_latents(plan.decode_model, samples)))
+        if hooks.postprocess_batch is not None:
+            decoded = hooks.postprocess_batch(p, batch, decoded)
+        for i, img in enumerate(decoded):
+            if hooks.postprocess_image is not None:
+                img = hooks.postprocess_image(p, batch, i, img)
+            text = _infotext(ctx, p, batch.prompts[i], batch.negative_prompts[i], batch.seeds[i], batch.subseeds[i],
+                             is_img2img)
             img.info["parameters"] = text
             images.append(img)
             texts.append(text)
+            for key, values in used.items():
+                values.append(getattr(batch, key)[i])
     n = len(images)
-    result = GenerationResult(images, texts, seeds[:n], subseeds[:n], [p.prompt] * n, [p.negative_prompt] * n, p,
-                              interrupted=control.interrupted)
+    result = GenerationResult(images, texts, used["seeds"], used["subseeds"], used["prompts"],
+                              used["negative_prompts"], p, interrupted=control.interrupted)
     result.info = _info_dict(ctx, p, result, seeds, subseeds, is_img2img) | plan.info()
     result.extra_images = plan.extra_images
     log.info("generated %d image(s) in %.2fs", n, time.time() - started)

@@ -8,6 +8,7 @@ nothing inside such a file ever runs.
 from __future__ import annotations
 
 import json
+import mmap
 import pickle
 import struct
 import zipfile
@@ -67,12 +68,56 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     return read_safetensors_header(path).get("__metadata__") or {}
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    read_safetensors_header(path)
+def load_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file. With `dtype`, floating tensors of another dtype are cast as they
+    are read (see `_read_mapped`); the others stay zero-copy views of the file's memory map."""
+    header = read_safetensors_header(path)
+    if dtype is not None:
+        return _read_mapped(path, header, dtype)
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types; keep the message
         raise CheckpointError(path, f"could not read tensors ({exc})") from None
+
+
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool}
+
+
+def _read_mapped(path: Path, header: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Read through a private (copy-on-write) map of the file, in file order.
+
+    A tensor already in `dtype` (or not floating) is a view of the map: no copy. A tensor cast to `dtype`
+    is copied out, and the pages it came from are then dropped from this process (MADV_DONTNEED; the
+    page cache keeps them), so an fp16 file loading as fp32 never holds the fp16 copy and the fp32 copy
+    at once: peak memory is the model's size, not 1.5x it."""
+    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+    if any(info["dtype"] not in _TORCH_DTYPES for _, info in entries):
+        return load_safetensors(path)   # exotic dtypes (fp8, unsigned): let safetensors handle them
+    with open(path, "rb") as f:
+        base = 8 + struct.unpack("<Q", f.read(8))[0]
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out: dict[str, torch.Tensor] = {}
+    for name, info in entries:
+        start, end = (base + o for o in info["data_offsets"])
+        src_dtype, shape = _TORCH_DTYPES[info["dtype"]], info["shape"]
+        if end == start:
+            out[name] = torch.empty(shape, dtype=src_dtype)
+            continue
+        t = torch.frombuffer(mm, dtype=src_dtype, count=(end - start) // src_dtype.itemsize, offset=start).view(shape)
+        if t.is_floating_point() and src_dtype != dtype:
+            t = t.to(dtype)
+            _release(mm, start, end)
+        out[name] = t
+    return out
+
+
+def _release(mm: mmap.mmap, start: int, end: int) -> None:
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (end // page) * page   # whole pages inside [start, end) only
+    if last > first and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def load_pickle_weights_only(path: Path) -> dict[str, torch.Tensor]:
@@ -98,14 +143,15 @@ def _unwrap_state_dict(path: Path, data) -> dict[str, torch.Tensor]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read every tensor of a model file into CPU memory."""
+def load_state_dict(path: Path | str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Read every tensor of a model file into CPU memory (safetensors: memory-mapped, zero-copy where the
+    file's dtype is the one wanted; `dtype` casts floating safetensors tensors while reading)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "file not found")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        return load_safetensors(path)
+        return load_safetensors(path, dtype)
     if suffix in PICKLE_SUFFIXES:
         return load_pickle_weights_only(path)
     raise CheckpointError(path, f"unsupported file type {suffix!r}; use .safetensors")

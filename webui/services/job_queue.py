@@ -40,6 +40,10 @@ class JobNotFound(EngineError):
     pass
 
 
+class JobForbidden(EngineError):
+    """The job belongs to someone else (control methods given an `owner`)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -54,6 +58,7 @@ class Job:
     latest_step: int = 0
     result: GenerationResult | None = None
     error: str | None = None
+    exception: BaseException | None = None      # what `error` describes, for faces that map error types
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -86,9 +91,9 @@ class JobQueue(Protocol):
     def current(self) -> Job | None: ...
     def pending(self) -> list[Job]: ...
     def position(self, job_id: str) -> int: ...
-    def interrupt(self, job_id: str | None = None) -> None: ...
-    def skip(self, job_id: str | None = None) -> None: ...
-    def cancel(self, job_id: str) -> None: ...
+    def interrupt(self, job_id: str | None = None, owner: str | None = None) -> None: ...
+    def skip(self, job_id: str | None = None, owner: str | None = None) -> None: ...
+    def cancel(self, job_id: str, owner: str | None = None) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -148,25 +153,30 @@ class InProcessQueue:
         return -1
 
     # ---- control ---------------------------------------------------------------------------------
-    def interrupt(self, job_id: str | None = None) -> None:
+    # With `owner`, each of these acts only on a job of that owner and raises JobForbidden otherwise;
+    # without it (admins, or no auth) on any job.
+    def interrupt(self, job_id: str | None = None, owner: str | None = None) -> None:
         """Stop the running job (or the given one) after its current step; keep what it finished."""
         job = self._current if job_id is None else self.get(job_id)
+        _check_owner(job, owner)
         if job is not None and job.status is JobStatus.RUNNING:
             job.control.interrupted = True
         elif job is not None and job.status is JobStatus.QUEUED:
             self.cancel(job.id)
 
-    def skip(self, job_id: str | None = None) -> None:
+    def skip(self, job_id: str | None = None, owner: str | None = None) -> None:
         job = self._current if job_id is None else self.get(job_id)
+        _check_owner(job, owner)
         if job is not None and job.status is JobStatus.RUNNING:
             job.control.skipped = True
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, owner: str | None = None) -> None:
         """A queued job is removed before it starts; a running one is interrupted."""
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
+            _check_owner(job, owner)
             if job.status is JobStatus.QUEUED:
                 self._waiting.remove(job)
                 self._finish(job, JobStatus.CANCELLED)
@@ -206,7 +216,7 @@ class InProcessQueue:
             job.result = job.run(job.control, progress)
             status = JobStatus.DONE
         except Exception as exc:  # a failed job must never take the worker down
-            job.error = _describe(exc)
+            job.error, job.exception = _describe(exc), exc
             log.error("job %s failed: %s\n%s", job.id, job.error, traceback.format_exc())
             status = JobStatus.FAILED
             _release_memory()
@@ -221,6 +231,11 @@ class InProcessQueue:
         self._finished.append(job.id)
         while len(self._finished) > self._keep_finished:
             self._jobs.pop(self._finished.popleft(), None)
+
+
+def _check_owner(job: Job | None, owner: str | None) -> None:
+    if job is not None and owner is not None and job.owner != owner:
+        raise JobForbidden(f"job {job.id} belongs to someone else; only its owner or an admin may control it")
 
 
 def _describe(exc: Exception) -> str:

@@ -29,6 +29,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     choices: Callable[[], list[str]] | tuple[str, ...] | None = None
+    hidden: bool = False   # persisted, but edited elsewhere (e.g. the Extensions tab), not on the Settings page
 
     def coerce(self, value: Any) -> Any:
         """Check and convert a value; raise InvalidParameterError naming the option."""
@@ -37,6 +38,10 @@ class Option:
                 if not isinstance(value, bool):
                     raise TypeError
                 out = value
+            elif self.kind is list:
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise TypeError
+                out = list(value)
             elif self.kind in (int, float):
                 if isinstance(value, bool):
                     raise TypeError
@@ -72,12 +77,20 @@ def core_options() -> list[Option]:
         Option("live_previews_enable", True, "Show live previews", "Live previews", bool),
         Option("queue_max_size", 32, "Most jobs waiting in the queue", "System", int, 1, 1000),
         Option("img_max_pixels", 64_000_000, "Largest uploaded image (pixels)", "System", int, 1_000_000, 400_000_000),
+        Option("max_request_mb", 50, "Largest request body, uploads included (MB)", "System", int, 1, 4096),
         Option("emphasis", "Original", "Emphasis mode for (word:1.2) weights", "Stable Diffusion", str,
                choices=("Original", "No norm", "Ignore", "None")),
         Option("comma_padding_backtrack", 20, "Prompt word wrap length limit (tokens; 0: off)", "Stable Diffusion", int, 0, 74),
         Option("sdxl_clip_l_skip", False, "Clip skip reaches SDXL's CLIP-L tower", "Stable Diffusion", bool),
         Option("pad_cond_uncond", False, "Pad prompt and negative prompt to the same length", "Optimizations", bool),
+        Option("precision", "auto", "UNet/VAE precision (auto: bf16 on CPUs with native bf16, fp32 on other CPUs, "
+               "fp16 on GPU; applies at the next step)", "Optimizations", str, choices=("auto", "fp32", "bf16", "fp16")),
+        Option("vae_tiling", "auto", "Tiled VAE encode/decode (auto: for images above the size below)", "Optimizations",
+               str, choices=("auto", "always", "never")),
+        Option("vae_tiled_threshold", 2048 * 2048, "Tile the VAE above this many pixels", "Optimizations", int,
+               64 * 64, 400_000_000),
         Option("sd2_prediction_overrides", "{}", "SD2 prediction type per checkpoint (JSON: name → epsilon/v_prediction)", "Stable Diffusion", str),
+        Option("disabled_extensions", (), "Disabled extensions (folder names)", "Extensions", list, hidden=True),
     ]
 
 

@@ -2,17 +2,21 @@
 Extras, PNG Info, Settings and Extensions."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from ..app import App
-from . import (depth_tab, edit_tab, generation_tab, inpaint_tab, outpaint_tab, pending_tabs, pnginfo_tab,
-               quicksettings, send_to, settings_tab)
+from ..security.exposure import exposure_warning
+from . import (depth_tab, edit_tab, extensions_tab, extras_tab, generation_tab, inpaint_tab, outpaint_tab,
+               pnginfo_tab, quicksettings, scripts_ui, send_to, settings_tab)
 
 TITLE = "Stable Diffusion studio"
 
 
 def build_ui(app: App) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        _exposure_banner(app)
         qs = quicksettings.build(app)
         jobs = {name: generation_tab.job_state(name)
                 for name in ("txt2img", "img2img", "inpaint", "outpaint", "depth")}
@@ -28,20 +32,26 @@ def build_ui(app: App) -> gr.Blocks:
             with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
                 depth = depth_tab.build(app, qs.clip_skip, jobs["depth"])
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                extras_image = pending_tabs.build_extras()
+                extras_image = extras_tab.build(app)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo_tab.build()
+            scripts_ui.build_extension_tabs(app)   # on_ui_tabs
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build(app)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                pending_tabs.build_extensions(app)
-        pending = pending_tabs.PendingTabs(inpaint.fields["editor"], outpaint.fields["image"], depth.fields["image"],
-                                           extras_image)
-        send_to.wire(app, send_to.Targets(txt2img, img2img, pending, qs.clip_skip), png)
+                extensions_tab.build(app)
+        send_to.wire(app, send_to.Targets(txt2img, img2img, extras_image, qs.clip_skip), png)
         for tab in (inpaint, outpaint, depth):
             edit_tab.wire_send(app, tab, img2img, qs.clip_skip, extras_image)
         _on_page_load(app, demo, qs, [txt2img, img2img, inpaint, outpaint, depth])
     return demo
+
+
+def _exposure_banner(app: App) -> None:
+    warning = exposure_warning(app.args) if app.args is not None else None
+    if warning:
+        gr.HTML(f'<div role="alert" style="background:#7f1d1d;color:#fff;padding:.6em 1em;border-radius:6px;'
+                f'font-weight:600">⚠ {html.escape(warning)}</div>', elem_id="exposure_warning")
 
 
 def _on_page_load(app: App, demo: gr.Blocks, qs: quicksettings.QuickSettings,

@@ -103,22 +103,20 @@ def _wire(app: App, tab: EditTab, clip_skip: gr.Slider, make_params: MakeParams,
           precheck: Callable[[App], None] | None) -> None:
     names = list(tab.fields)
 
-    def submit(*values):
+    def submit(request: gr.Request, *values):
         *form, clip = values
         try:
             if precheck is not None:
                 precheck(app)
             params = make_params(dict(zip(names, form)), clip)
-            job = app.submit("img2img", params, owner="ui")
+            job = app.submit("img2img", params, owner=progress.owner_of(request))
         except (EngineError, ValueError) as exc:
             return None, "", html.message(str(exc), "error"), gr.update(interactive=True)
         return job.id, html.progress_bar(0, "Queued…"), "", gr.update(interactive=False)
 
     def control(action: str):
-        def act(job_id: str | None):
-            job = progress.find_job(app, job_id)
-            if job is not None:
-                getattr(app.queue, action)(job.id)
+        def act(job_id: str | None, request: gr.Request):
+            progress.control_job(app, job_id, action, request)
         return act
 
     tab.top.generate.click(

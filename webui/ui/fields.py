@@ -18,11 +18,12 @@ COMMON_FIELDS = (
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
     "n_iter", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
 )
+REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
 # txt2img's own fields: the hires fix, then the refiner.
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale",
                 "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_prompt",
-                "hr_negative_prompt", "refiner_checkpoint", "refiner_switch_at")
-IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode")
+                "hr_negative_prompt") + REFINER_FIELDS
+IMG2IMG_FIELDS = ("init_image", "denoising_strength", "resize_mode") + REFINER_FIELDS
 
 HIRES_UPSCALERS = tuple(upscalers.names())
 USE_SAME_CHECKPOINT, USE_SAME_SAMPLER, NO_REFINER = "Use same checkpoint", "Use same sampler", "None"

@@ -71,7 +71,7 @@ def build(app: App, tab: str, hires: bool) -> tuple[dict, SeedButtons]:
     seeds = _seed_controls(f, tab)
     if hires:
         _hires_controls(f, tab, app)
-        _refiner_controls(f, tab, app)
+    _refiner_controls(f, tab, app)
     swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]],
                show_progress="hidden", api_visibility="private", concurrency_limit=None)
     return f, seeds

@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..app import App
 from ..engine.errors import EngineError
-from . import extra_networks, generation_panel, html, output_panel, progress, toprow
+from . import extra_networks, generation_panel, html, output_panel, progress, scripts_ui, toprow
 from .fields import COMMON_FIELDS, HIRES_FIELDS, IMG2IMG_FIELDS, build_params
 
 PRIVATE = dict(api_visibility="private", concurrency_limit=None)
@@ -22,6 +22,7 @@ class GenerationTab:
     seeds: generation_panel.SeedButtons
     job: gr.BrowserState              # the id of this tab's latest job, kept across page reloads
     view: progress.JobDisplay
+    scripts: scripts_ui.ScriptsUI | None = None   # extension scripts (Script dropdown, always-on controls)
 
     @property
     def field_names(self) -> list[str]:
@@ -45,6 +46,7 @@ def build(app: App, name: str, clip_skip: gr.Slider, job: gr.BrowserState) -> Ge
         with gr.Column(scale=1, elem_id=f"{name}_settings"):
             extra = generation_panel.build_init_image(name) if img2img else {}
             params, seeds = generation_panel.build(app, name, hires=not img2img)
+            scripts = scripts_ui.build(app, name)
         with gr.Column(scale=1, elem_id=f"{name}_results"):
             out = output_panel.build(name)
     fields = {"prompt": top.prompt, "negative_prompt": top.negative_prompt} | params | extra
@@ -52,7 +54,7 @@ def build(app: App, name: str, clip_skip: gr.Slider, job: gr.BrowserState) -> Ge
     fields = {key: fields[key] for key in order}
     view = progress.JobDisplay(out.progress, out.preview, out.gallery, out.info, out.html_info, out.result,
                                out.selected, top.generate)
-    tab = GenerationTab(name, fields, top, out, seeds, job, view)
+    tab = GenerationTab(name, fields, top, out, seeds, job, view, scripts)
     _wire_generation(app, tab, clip_skip)
     _wire_seeds(tab)
     return tab
@@ -61,25 +63,29 @@ def build(app: App, name: str, clip_skip: gr.Slider, job: gr.BrowserState) -> Ge
 def _wire_generation(app: App, tab: GenerationTab, clip_skip: gr.Slider) -> None:
     names = tab.field_names
 
-    def submit(*values):
-        *form, clip_skip_value = values
+    script_inputs = tab.scripts.inputs() if tab.scripts is not None else []
+
+    def submit(request: gr.Request, *values):
+        form, clip_skip_value, script_values = values[:len(names)], values[len(names)], values[len(names) + 1:]
         try:
             params = build_params(dict(zip(names, form)), clip_skip_value, img2img=tab.name == "img2img")
-            job = app.submit(tab.name, params, owner="ui")
+            scripts = tab.scripts.selection(script_values) if tab.scripts is not None else None
+            job = app.submit(tab.name, params, owner=progress.owner_of(request), scripts=scripts)
         except (EngineError, ValueError) as exc:
             return None, "", html.message(str(exc), "error"), gr.update(interactive=True)
         return job.id, html.progress_bar(0, "Queued…"), "", gr.update(interactive=False)
 
     follow = make_follower(app, tab)
 
-    def interrupt(job_id: str | None):
-        _control(app, job_id, "interrupt")
+    def interrupt(job_id: str | None, request: gr.Request):
+        progress.control_job(app, job_id, "interrupt", request)
 
-    def skip(job_id: str | None):
-        _control(app, job_id, "skip")
+    def skip(job_id: str | None, request: gr.Request):
+        progress.control_job(app, job_id, "skip", request)
 
     tab.top.generate.click(
-        submit, tab.inputs() + [clip_skip], [tab.job, tab.out.progress, tab.out.html_info, tab.top.generate],
+        submit, tab.inputs() + [clip_skip] + script_inputs,
+        [tab.job, tab.out.progress, tab.out.html_info, tab.top.generate],
         show_progress="hidden", **PRIVATE,
     ).then(follow, tab.job, tab.view.outputs(), show_progress="hidden", **PRIVATE)
     tab.top.interrupt.click(interrupt, tab.job, None, show_progress="hidden", **PRIVATE)
@@ -91,13 +97,6 @@ def make_follower(app: App, tab: GenerationTab):
     def follow(job_id: str | None):
         yield from progress.watch(app, tab.view, job_id)
     return follow
-
-
-def _control(app: App, job_id: str | None, action: str) -> None:
-    job = progress.find_job(app, job_id)
-    if job is None:
-        return
-    getattr(app.queue, action)(job.id)
 
 
 def _wire_seeds(tab: GenerationTab) -> None:

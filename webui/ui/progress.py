@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import gradio as gr
 
 from ..app import App
-from ..services.job_queue import Job, JobNotFound, JobStatus
+from ..security.owners import requester_of
+from ..services.job_queue import Job, JobForbidden, JobNotFound, JobStatus
 from . import html
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,22 @@ def find_job(app: App, job_id: str | None) -> Job | None:
         return app.queue.get(job_id)
     except JobNotFound:
         return None
+
+
+def owner_of(request: gr.Request | None) -> str:
+    """The owner a job submitted from this browser carries: the logged-in user, or the client address."""
+    return requester_of(request).owner
+
+
+def control_job(app: App, job_id: str | None, action: str, request: gr.Request | None) -> None:
+    """Interrupt / skip / cancel the tab's job, if it is this user's own (or they are an admin)."""
+    job = find_job(app, job_id)
+    if job is None:
+        return
+    try:
+        getattr(app.queue, action)(job.id, owner=requester_of(request).owner_filter())
+    except JobForbidden:
+        gr.Warning("That job belongs to someone else.")
 
 
 def status_text(app: App, job: Job) -> tuple[float, str]:

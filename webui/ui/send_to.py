@@ -11,7 +11,6 @@ from ..engine.infotext import parse_infotext
 from .fields import clip_skip_from_infotext, fields_from_infotext
 from .generation_tab import GenerationTab
 from .output_panel import selected_value
-from .pending_tabs import PendingTabs
 from .pnginfo_tab import PngInfoTab
 
 PRIVATE = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
@@ -31,7 +30,7 @@ def _then_switch(event, tab_id: str) -> None:
 class Targets:
     txt2img: GenerationTab
     img2img: GenerationTab
-    pending: PendingTabs
+    extras_image: gr.Image   # the Extras tab's source image
     clip_skip: gr.Slider
 
 
@@ -70,7 +69,7 @@ def _to_generation(app: App, t: Targets, target: GenerationTab):
 
 
 def _image_targets(t: Targets) -> dict[str, tuple[Any, str]]:
-    return {"extras": (t.pending.extras_image, "extras")}
+    return {"extras": (t.extras_image, "extras")}
 
 
 def _wire_pnginfo(app: App, t: Targets, png: PngInfoTab) -> None:

@@ -54,7 +54,7 @@ def _component(app: App, option: Option):
 
 
 def build(app: App) -> SettingsTab:
-    options = [o for o in app.settings.options.values() if o.key not in QUICK_KEYS]
+    options = [o for o in app.settings.options.values() if o.key not in QUICK_KEYS and not o.hidden]
     sections: dict[str, list[Option]] = {}
     for option in options:
         sections.setdefault(option.section, []).append(option)

@@ -2,6 +2,9 @@
 
 Numbers follow k-diffusion's `DiscreteSchedule` as A1111 uses it: `alphas_cumprod` is computed in float64 and
 stored as float32 (LDM's `register_schedule`), and sigmas, log-sigmas and every interpolation are float32.
+
+The table lives on the CPU; `sigma_to_t` / `t_to_sigma` on a tensor compute on that tensor's device, with a
+copy of the log-sigma table kept per device, so the denoiser's per-step lookup never reads back from a GPU.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class DiscreteSchedule:
         self.alphas_cumprod = alphas_cumprod.detach().to(torch.float32).cpu()
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
+        self._log_sigmas_on: dict[torch.device, Tensor] = {self.log_sigmas.device: self.log_sigmas}
 
     @classmethod
     def for_sd(cls) -> "DiscreteSchedule":
@@ -40,32 +44,40 @@ class DiscreteSchedule:
     def __len__(self) -> int:
         return len(self.sigmas)
 
+    def table(self, device: torch.device) -> Tensor:
+        """The log-sigma table on `device` (copied there once)."""
+        if device not in self._log_sigmas_on:
+            self._log_sigmas_on[device] = self.log_sigmas.to(device)
+        return self._log_sigmas_on[device]
+
     def sigma_to_t(self, sigma: Tensor | float) -> Tensor | float:
-        """Fractional timestep of a sigma; a tensor gives a tensor of the same shape, a number a float."""
+        """Fractional timestep of a sigma; a tensor gives a tensor of the same shape on its device, a number a
+        float."""
         as_float = not isinstance(sigma, Tensor)
         s = torch.as_tensor(sigma, dtype=torch.float32)
-        t = self._sigma_to_t(s.cpu()).view(s.shape)
-        return float(t) if as_float else t.to(s.device)
+        t = self._sigma_to_t(s).view(s.shape)
+        return float(t) if as_float else t
 
     def _sigma_to_t(self, sigma: Tensor) -> Tensor:
+        log_sigmas = self.table(sigma.device)
         log_sigma = sigma.reshape(-1).log()
-        dists = log_sigma - self.log_sigmas[:, None]
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(self.log_sigmas) - 2)
+        dists = log_sigma - log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(log_sigmas) - 2)
         high_idx = low_idx + 1
-        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        low, high = log_sigmas[low_idx], log_sigmas[high_idx]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return (1 - w) * low_idx + w * high_idx
 
     def t_to_sigma(self, t: Tensor | float) -> Tensor | float:
         """Sigma at a fractional timestep (log-sigma linear interpolation between table entries)."""
         as_float = not isinstance(t, Tensor)
-        tt = torch.as_tensor(t).float()
-        sigma = self._t_to_sigma(tt.cpu())
-        return float(sigma) if as_float else sigma.to(tt.device)
+        sigma = self._t_to_sigma(torch.as_tensor(t).float())
+        return float(sigma) if as_float else sigma
 
     def _t_to_sigma(self, t: Tensor) -> Tensor:
+        log_sigmas = self.table(t.device)
         low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
-        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        log_sigma = (1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]
         return log_sigma.exp()
 
     def get_sigmas(self, n: int) -> Tensor:
@@ -92,7 +104,7 @@ class LCMDiscreteSchedule(DiscreteSchedule):
         self.full_alphas_cumprod = full
 
     def _sigma_to_t(self, sigma: Tensor) -> Tensor:
-        dists = sigma.reshape(-1).log() - self.log_sigmas[:, None]
+        dists = sigma.reshape(-1).log() - self.table(sigma.device)[:, None]
         return dists.abs().argmin(dim=0) * self.skip_steps + (self.skip_steps - 1)
 
     def _t_to_sigma(self, t: Tensor) -> Tensor:

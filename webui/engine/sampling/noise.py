@@ -57,7 +57,7 @@ class _BatchedBrownianTree:
             w0 = torch.zeros_like(x[0])
         self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in entropies]
 
-    def __call__(self, t0: Tensor, t1: Tensor) -> Tensor:
+    def __call__(self, t0: float | Tensor, t1: float | Tensor) -> Tensor:
         sign = self.sign * (1 if t0 < t1 else -1)
         lo, hi = sorted((t0, t1))
         with warnings.catch_warnings():
@@ -71,15 +71,19 @@ def brownian_noise_sampler(x: Tensor, sigmas: Tensor, seeds: Sequence[int] | Non
     """Brownian-tree noise over [smallest positive sigma, largest sigma]; one tree per seed when given.
 
     Returns unit-variance increments W(sigma_next) - W(sigma) / sqrt(|sigma_next - sigma|), so overlapping
-    intervals (DPM++ SDE's half steps) see consistent noise.
+    intervals (DPM++ SDE's half steps) see consistent noise. The samplers pass host floats (the tree works on
+    the host anyway), so a query reads nothing back from the device; 0-d tensors are accepted too.
     """
     if seeds is not None and len(seeds) != x.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
     tree = _BatchedBrownianTree(x, torch.as_tensor(sigma_min), torch.as_tensor(sigma_max), seeds)
 
-    def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    def sample(sigma: float | Tensor, sigma_next: float | Tensor) -> Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        return tree(t0, t1) / (t1 - t0).abs().sqrt()
+        scale = (t1 - t0).abs().sqrt()   # a CPU scalar for host floats; float32 as before
+        if isinstance(sigma, Tensor) or isinstance(sigma_next, Tensor):
+            return tree(t0, t1) / scale
+        return tree(sigma, sigma_next) / scale
 
     return sample

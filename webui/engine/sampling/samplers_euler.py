@@ -11,17 +11,28 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from .common import ancestral_step, batch_sigma, noise_or_default, report, to_d
+from .common import (ancestral_step, as_dtype, batch_sigma, cpu_copy, host_ancestral_downs, host_sigmas,
+                     noise_or_default, report, to_d)
 
 
-def _churn(x: Tensor, sigmas: Tensor, i: int, noise, s_churn: float, s_tmin: float, s_tmax: float,
-           s_noise: float) -> tuple[Tensor, Tensor]:
-    """Raise the noise level of x from sigmas[i] to sigma_hat; returns (x, sigma_hat)."""
-    sigma = sigmas[i]
-    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+def _churn_plan(host: list[float], like: Tensor, s_churn: float, s_tmin: float,
+                s_tmax: float) -> tuple[list[float], list[float]]:
+    """Per step: gamma (the churn factor) and sigma_hat = sigma * (gamma + 1) as a host float."""
+    low, high = as_dtype(s_tmin, like), as_dtype(s_tmax, like)
+    gamma = min(s_churn / max(len(host) - 1, 1), 2 ** 0.5 - 1)
+    gammas = [gamma if low <= sigma <= high else 0.0 for sigma in host[:-1]]
+    if s_churn <= 0:
+        return gammas, host[:-1]   # no noise draws: the host sigma_hat is never used
+    factors = torch.tensor([g + 1 for g in gammas], dtype=like.dtype)
+    return gammas, (cpu_copy(host[:-1], like) * factors).tolist()
+
+
+def _churn(x: Tensor, sigma: Tensor, gamma: float, noise, s_churn: float, s_noise: float,
+           host_pair: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Raise the noise level of x from sigma to sigma_hat; returns (x, sigma_hat)."""
     sigma_hat = sigma * (gamma + 1)
     if s_churn > 0:
-        eps = noise(sigma, sigma_hat) * s_noise
+        eps = noise(*host_pair) * s_noise
         if gamma > 0:
             x = x + eps * (sigma_hat ** 2 - sigma ** 2) ** 0.5
     return x, sigma_hat
@@ -33,8 +44,10 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     """Euler steps on the probability-flow ODE, optionally with churn."""
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
+    gammas, hats = _churn_plan(host, sigmas, s_churn, s_tmin, s_tmax)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat = _churn(x, sigmas[i], gammas[i], noise, s_churn, s_noise, (host[i], hats[i]))
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -48,13 +61,14 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, noi
     """Euler step down to sigma_down, then fresh noise up to sigmas[i + 1]."""
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        if host[i + 1] > 0:
+            x = x + noise(host[i], host[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -64,13 +78,15 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=
     """Heun's second-order method; the last step (to sigma 0) is Euler."""
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
+    gammas, hats = _churn_plan(host, sigmas, s_churn, s_tmin, s_tmax)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat = _churn(x, sigmas[i], gammas[i], noise, s_churn, s_noise, (host[i], hats[i]))
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = x + d * dt
             continue
         x_2 = x + d * dt
@@ -93,12 +109,14 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     """DPM-Solver-2-inspired midpoint sampler (two evaluations per step, Euler to sigma 0)."""
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
+    gammas, hats = _churn_plan(host, sigmas, s_churn, s_tmin, s_tmax)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat = _churn(x, sigmas[i], gammas[i], noise, s_churn, s_noise, (host[i], hats[i]))
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             x = _dpm2_step(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
@@ -111,16 +129,18 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, noi
     """DPM2 step to sigma_down, then fresh noise."""
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
+    downs = host_ancestral_downs(host, sigmas, eta)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
-        if sigma_down == 0:
+        if downs[i] == 0:
             x = x + d * (sigma_down - sigmas[i])
         else:
             x = _dpm2_step(model, x, d, sigmas[i], sigma_down, extra_args)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + noise(host[i], host[i + 1]) * s_noise * sigma_up
     return x
 
 

@@ -4,8 +4,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import batch_sigma, noise_or_default, report, to_d
+from .common import batch_sigma, cpu_copy, host_sigmas, noise_or_default, report, to_d
 from .schedules import karras
+
+
+Step = tuple[Tensor, Tensor, float, float]   # sigma_from, sigma_to on the sigmas' device, then as host floats
+
+
+def _restart_steps(sigmas: Tensor, restart_list: dict | None) -> list[Step]:
+    """The plan below, built on a CPU copy of the schedule, moved to the device and read back once each."""
+    plan = _restart_plan(cpu_copy(host_sigmas(sigmas), sigmas), restart_list)
+    if not plan:
+        return []
+    flat = torch.stack([sigma for pair in plan for sigma in pair])
+    host, device = flat.tolist(), flat.to(sigmas.device)
+    return [(device[k], device[k + 1], host[k], host[k + 1]) for k in range(0, len(host), 2)]
 
 
 def _restart_plan(sigmas: Tensor, restart_list: dict | None) -> list[tuple[Tensor, Tensor]]:
@@ -46,21 +59,21 @@ def sample_restart(model, x, sigmas, extra_args=None, callback=None, noise_sampl
     """
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
-    last_sigma = None
-    for step, (old_sigma, new_sigma) in enumerate(_restart_plan(sigmas, restart_list)):
-        if last_sigma is not None and last_sigma < old_sigma:
-            x = x + noise(last_sigma, old_sigma) * s_noise * (old_sigma ** 2 - last_sigma ** 2) ** 0.5
-        x = _heun_step(model, x, old_sigma, new_sigma, step, callback, extra_args)
-        last_sigma = new_sigma
+    last_sigma = last_host = None
+    for step, (old_sigma, new_sigma, old_host, new_host) in enumerate(_restart_steps(sigmas, restart_list)):
+        if last_host is not None and last_host < old_host:
+            x = x + noise(last_host, old_host) * s_noise * (old_sigma ** 2 - last_sigma ** 2) ** 0.5
+        x = _heun_step(model, x, old_sigma, new_sigma, new_host == 0, step, callback, extra_args)
+        last_sigma, last_host = new_sigma, new_host
     return x
 
 
-def _heun_step(model, x, old_sigma, new_sigma, step, callback, extra_args) -> Tensor:
+def _heun_step(model, x, old_sigma, new_sigma, to_zero: bool, step, callback, extra_args) -> Tensor:
     denoised = model(x, batch_sigma(x, old_sigma), **extra_args)
     d = to_d(x, old_sigma, denoised)
     report(callback, x, step, new_sigma, old_sigma, denoised)
     dt = new_sigma - old_sigma
-    if new_sigma == 0:
+    if to_zero:
         return x + d * dt
     x_2 = x + d * dt
     d_2 = to_d(x_2, new_sigma, model(x_2, batch_sigma(x, new_sigma), **extra_args))
@@ -76,10 +89,11 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
     """
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
+    host = host_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
-        if sigmas[i + 1] > 0:
-            x = x + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1])
+        if host[i + 1] > 0:
+            x = x + sigmas[i + 1] * noise(host[i], host[i + 1])
     return x

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import ancestral_step, batch_sigma, noise_or_default, report
+from .common import ancestral_step, batch_sigma, host_sigmas, noise_or_default, report
 from .discrete import DiscreteSchedule
 
 
@@ -67,12 +67,13 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, noise_sampler=
     extra_args = extra_args or {}
     noise = noise_or_default(noise_sampler, x)
     sig = _strip_terminator(sigmas)
+    host = host_sigmas(sig) if eta else []
     for i in range(len(sig) - 1):
         denoised = model(x, batch_sigma(x, sig[i]), **extra_args)
         sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
         x = denoised + (x - denoised) / sig[i] * sigma_down
         if eta:
-            x = x + noise(sig[i], sig[i + 1]) * sigma_up
+            x = x + noise(host[i], host[i + 1]) * sigma_up
         report(callback, x, i, sig[i], sig[i], denoised)
     return _to_vp(x, sig[-1])
 
@@ -121,6 +122,15 @@ def _unipc_coeffs(rks: Tensor, hh: Tensor, order: int, variant: str) -> tuple[Te
     return torch.stack(rows), torch.stack(b), b_h
 
 
+def _half(x: Tensor) -> Tensor:
+    return torch.full((1,), 0.5, device=x.device)   # a fill, not a host-to-device copy
+
+
+def _solve(a: Tensor, b: Tensor) -> Tensor:
+    """linalg.solve without its singularity check, which reads a flag back from the device every call."""
+    return torch.linalg.solve_ex(a, b).result
+
+
 def _unipc_update(model, x, models, lambdas, sigma_prev, sigma_t, order, use_corrector, variant, extra_args):
     """One multistep UniPC-B(h) step (data prediction) from lambdas[-1] to -log(sigma_t)."""
     lam_t = -torch.log(sigma_t)
@@ -133,11 +143,11 @@ def _unipc_update(model, x, models, lambdas, sigma_prev, sigma_t, order, use_cor
     x_base = (sigma_t / sigma_prev) * x - torch.expm1(-h) * m0
     x_t = x_base
     if d1s:
-        rhos_p = torch.tensor([0.5], device=x.device) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+        rhos_p = _half(x) if order == 2 else _solve(R[:-1, :-1], b[:-1])
         x_t = x_base - b_h * sum(r * d for r, d in zip(rhos_p, d1s))
     if not use_corrector:
         return x_t, None
-    rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(R, b)
+    rhos_c = _half(x) if order == 1 else _solve(R, b)
     model_t = model(x_t, batch_sigma(x, sigma_t), **extra_args)
     corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0
     return x_base - b_h * (corr + rhos_c[-1] * (model_t - m0)), model_t
