@@ -6,6 +6,7 @@ import json
 import re
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -479,6 +480,19 @@ def test_ui_builds_script_controls_and_lists_registered_samplers(app):
     assert selection.name == "Twice" and selection.args == [7]
 
 
+def test_pasting_infotext_in_the_ui_runs_infotext_pasted(app, monkeypatch):
+    from webui.ui import send_to
+
+    seen = []
+    original = app.extensions.infotext_pasted
+    monkeypatch.setattr(app.extensions, "infotext_pasted",
+                        lambda text, params: seen.append(dict(params)) or original(text, params))
+    tab = SimpleNamespace(name="txt2img", fields={}, field_names=["prompt", "steps"])
+    updates = send_to.paste_updates(app, tab, "a fox\nSteps: 9, Seed: 3, Size: 64x64")
+    assert seen and seen[0]["Steps"] == "9"
+    assert updates[:2] == ["a fox", 9]
+
+
 # ---- over HTTP ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -524,3 +538,21 @@ def test_api_alwayson_scripts_and_script_name(api):
     skipped = api.post("/sdapi/v1/txt2img", json={**body, "batch_size": 1, "alwayson_scripts": {"nope": {"args": []}}})
     assert skipped.status_code == 200, skipped.text   # an always-on script this server lacks is reported, not fatal
     assert json.loads(skipped.json()["info"])["ignored_fields"] == ["alwayson_scripts"]
+
+
+def test_unloading_fires_script_unloaded(tmp_path, checkpoints):
+    write_extensions(tmp_path, {"closer": '''
+        from pathlib import Path
+        from webui.extensions_api import extension_dir, on_script_unloaded
+
+        MARKER = Path(extension_dir()) / "unloaded.txt"
+        on_script_unloaded(lambda: MARKER.write_text("bye"))
+    '''})
+    app = make_app(tmp_path, checkpoints.path("sd1"))
+    try:
+        assert not app.extensions.errors
+        app.extensions.unload()   # what the server does when it stops
+        assert (tmp_path / "extensions" / "closer" / "unloaded.txt").read_text() == "bye"
+        assert not app.extensions.modules
+    finally:
+        app.queue.shutdown()

@@ -274,14 +274,9 @@ def test_outpaint_form_builds_the_canvas():
 @pytest.mark.browser
 @pytest.mark.slow
 def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
-    import importlib.util
     import time
-    from pathlib import Path
 
-    if not Path("/usr/bin/chromium").exists() or importlib.util.find_spec("playwright") is None:
-        pytest.skip("needs /usr/bin/chromium and the playwright package")
-    from playwright import sync_api
-    from ui_server import Server, write_models
+    from ui_server import Server, chromium, write_models
 
     write_models(tmp_path / "models" / "Stable-diffusion", ("alpha",))
     pic = tmp_path / "pic.png"
@@ -289,8 +284,7 @@ def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
     server = Server(tmp_path, "alpha").start()
     errors: list[str] = []
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -354,7 +348,6 @@ def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
 
             open_tab("depth")
             assert "not a depth model" in page.inner_text("#depth_status")
-            browser.close()
     finally:
         server.stop()
     assert errors == []

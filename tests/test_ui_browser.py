@@ -7,7 +7,6 @@ or playwright is missing; the form-mapping tests at the end need neither.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,10 +24,8 @@ from webui.engine.infotext import parse_infotext, read_image_infotext, save_imag
 from webui.ui.extra_networks import insert_tag
 from webui.ui.fields import COMMON_FIELDS, build_params, fields_from_infotext
 
-from ui_server import REPO, Server, write_models
+from ui_server import REPO, Server, chromium, write_models
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 TABS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint", "outpaint": "Outpaint",
         "depth": "Depth", "extras": "Extras", "pnginfo": "PNG Info", "settings": "Settings",
         "extensions": "Extensions"}
@@ -64,16 +61,8 @@ def server(data_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        pytest.skip("needs the Python playwright package (pip install playwright; no browser download needed)")
-    from playwright import sync_api
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -75,4 +75,5 @@ def serve(args: argparse.Namespace) -> int:
         uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:
         app.queue.shutdown()
+        app.extensions.unload()   # extensions' on_script_unloaded
     return 0

@@ -198,24 +198,23 @@ def confirm_prompt_sr(p, values: list, ctx: AxisContext) -> list:
     return values
 
 
-def confirm_samplers(p, values: list, ctx: AxisContext) -> list:
+def _known_names(values: list, table: dict[str, str], what: str) -> list:
+    """Each value's registered spelling (`table` maps lower-case names to it); an unknown one is an AxisError."""
     out = []
     for v in values:
-        name = ctx.samplers.get(str(v).lower())
+        name = table.get(str(v).lower())
         if name is None:
-            raise AxisError(f"Unknown sampler: {v}")
+            raise AxisError(f"Unknown {what}: {v}")
         out.append(name)
     return out
+
+
+def confirm_samplers(p, values: list, ctx: AxisContext) -> list:
+    return _known_names(values, ctx.samplers, "sampler")
 
 
 def confirm_schedules(p, values: list, ctx: AxisContext) -> list:
-    out = []
-    for v in values:
-        name = ctx.schedules.get(str(v).lower())
-        if name is None:
-            raise AxisError(f"Unknown schedule type: {v}")
-        out.append(name)
-    return out
+    return _known_names(values, ctx.schedules, "schedule type")
 
 
 def confirm_checkpoints(p, values: list, ctx: AxisContext) -> list:

@@ -37,6 +37,8 @@ class Targets:
 def paste_updates(app: App, tab: GenerationTab, infotext: str, image: Any = None) -> list:
     """Updates for `tab.inputs() + [clip_skip]`: values found in the infotext, the rest left as they are."""
     parsed = parse_infotext(infotext) if infotext else {}
+    if parsed:   # extensions may read or add fields (A1111's on_infotext_pasted)
+        parsed = app.extensions.infotext_pasted(infotext, parsed)
     values = fields_from_infotext(parsed, app.engine.samplers.names(), app.engine.schedules.labels(),
                                   img2img=tab.name == "img2img") if parsed else {}
     if image is not None and "init_image" in tab.fields:
