@@ -124,19 +124,25 @@ class NetworkApplier:
                 skipped[use.name] = str(exc)
                 continue
             applied.append(use.name)
-            for name, (target, dw, db) in deltas.items():
+            while deltas:   # fold into the running sums, freeing each network's ΔW as it goes
+                name, (target, dw, db) = deltas.popitem()
                 entry = sums.setdefault(name, [target, None, None])
-                entry[1] = dw if entry[1] is None else entry[1] + dw
+                entry[1] = dw if entry[1] is None else entry[1].add_(dw)
                 if db is not None:
-                    entry[2] = db if entry[2] is None else entry[2] + db
+                    entry[2] = db if entry[2] is None else entry[2].add_(db)
         tensors, stamps = {}, {}
-        for name, (target, dw, db) in sums.items():
+        # Each ΔW sum (a tensor of its own) becomes the patched tensor in place and leaves `sums` at once, so
+        # the peak is the original weights plus one patched copy, not original + all ΔW + all patched.
+        while sums:
+            name, (target, dw, db) = sums.popitem()
             for suffix, delta in (("weight", dw), ("bias", db)):
                 param = getattr(target.module, suffix, None)
                 if delta is None or param is None:
                     continue
                 original = param.data
-                patched = (original.float() + delta).to(original.dtype)
+                patched = delta.add_(original).to(original.dtype)
+                if patched.stride() != original.stride():   # keep the weight's memory layout for fast kernels
+                    patched = torch.empty_like(original).copy_(patched)
                 key = f"{name}.{suffix}"
                 tensors[key] = (param, original, patched)
                 stamps[key] = _stamp(param)
