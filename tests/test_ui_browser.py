@@ -24,7 +24,7 @@ from webui.engine.infotext import parse_infotext, read_image_infotext, save_imag
 from webui.ui.extra_networks import insert_tag
 from webui.ui.fields import COMMON_FIELDS, build_params, fields_from_infotext
 
-from ui_server import REPO, Server, chromium, write_models
+from ui_server import REPO, Server, app_page, chromium, write_models
 
 TABS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint", "outpaint": "Outpaint",
         "depth": "Depth", "extras": "Extras", "pnginfo": "PNG Info", "settings": "Settings",
@@ -67,18 +67,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, server, screenshots):
-    """A fresh browser context (own localStorage) on the app; `page.errors` collects console errors."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.errors = []
-    pg.screenshots = screenshots
-    pg.data_dir = server.data_dir
-    pg.on("console", lambda m: pg.errors.append(f"console: {m.text}") if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-    pg.goto(server.url)
-    pg.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
-    yield pg
-    context.close()
+    with app_page(browser, server.url) as pg:
+        pg.screenshots = screenshots
+        pg.data_dir = server.data_dir
+        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

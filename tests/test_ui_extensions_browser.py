@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_server import Server, chromium, write_models
+from ui_server import Server, app_page, chromium, write_models
 
 TIMEOUT = 60_000  # ms; the CPU may be shared
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
@@ -73,15 +73,8 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(f"console: {m.text}") if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-    pg.goto(server.url)
-    pg.wait_for_selector("#txt2img_prompt textarea", timeout=TIMEOUT)
-    yield pg
-    context.close()
+    with app_page(browser, server.url, timeout=TIMEOUT) as pg:
+        yield pg
 
 
 def open_extensions(page) -> None:

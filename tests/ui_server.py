@@ -105,3 +105,19 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def app_page(browser, url: str, timeout: int = 60_000):
+    """A fresh browser context (own localStorage) on the app, loaded; `page.errors` collects console errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(f"pageerror: {e}"))
+    try:
+        page.goto(url)
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=timeout)
+        yield page
+    finally:
+        context.close()

@@ -11,14 +11,9 @@ from .api.limits import install_limits
 from .app import App
 from .cli import DEFAULT_API_PORT, DEFAULT_PORT
 from .security import CredentialError, SecurityPolicy, install as install_security
+from .security.exposure import bind_address
 
 log = logging.getLogger(__name__)
-
-
-def bind_address(args: argparse.Namespace) -> str:
-    if args.server_name:
-        return args.server_name
-    return "0.0.0.0" if args.listen else "127.0.0.1"
 
 
 def build_fastapi(app: App, with_ui: bool, with_api: bool, policy: SecurityPolicy | None = None) -> FastAPI:
