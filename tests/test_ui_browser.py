@@ -302,6 +302,25 @@ def test_extras_upscales_and_saves_with_the_source_infotext(page, tmp_path, data
 
 
 @pytest.mark.browser
+def test_script_dropdown_runs_the_prompt_matrix(page):
+    assert not page.locator("#txt2img_script_prompt_matrix").is_visible()
+    page.click("#txt2img_script_list input")
+    page.get_by_role("option", name="Prompt matrix").click()
+    page.wait_for_selector("#txt2img_script_prompt_matrix", state="visible")
+    try:
+        paths = generate(page, "txt2img", "a cat|red hat", steps=2, seed=21)
+        texts = [infotext_of(path) for path in paths]
+        prompts = sorted(t.split("\n")[0] for t in texts if "Seed: 21" in t)
+        assert {"a cat", "a cat, red hat"} <= set(prompts), texts
+        sizes = sorted(Image.open(path).size for path in paths)
+        assert sizes[-1][0] > 64 and sizes[-1][1] > 64   # the labelled grid is larger than one 64x64 cell
+    finally:
+        page.click("#txt2img_script_list input")
+        page.get_by_role("option", name="None").click()
+    assert page.errors == []
+
+
+@pytest.mark.browser
 def test_switching_checkpoint_from_the_dropdown(page, data_dir):
     try:
         page.click("#setting_sd_model_checkpoint input")
