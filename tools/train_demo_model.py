@@ -1,29 +1,36 @@
 """Train the bundled demo model: a tiny latent diffusion model in the real Stable Diffusion 1 architecture.
 
-Three phases, all on CPU, reproducible from `--seed`:
+Phases, all on CPU, reproducible from `--seed` (each phase reseeds):
 
 1. VAE (diffusers `AutoencoderKL`) on random crops of rendered shapes, with L1 + image-gradient L1 (keeps edges
    sharp so small triangles stay triangles) and a tiny KL term; log-variance bias starts at -8.
+   1b. Decoder-only refinement on full-size images (encoder frozen).
 2. The training images are encoded once; the per-channel latent mean/std are folded exactly into
    `quant_conv` / `post_quant_conv` so that `latents * 0.18215` has zero mean and unit std (SD1's scaling factor).
+   2b/2c. Two more decoder-only rounds (the second adds an L1 on 4x4 block colours) run in a second 1-thread
+   process while phase 3 trains: the encoder, hence the latents, is frozen, so they do not interact.
 3. UNet (`UNet2DConditionModel`, 8-head cross-attention) and CLIP text encoder (`CLIPTextModel`, 64-dim heads,
    quick_gelu, the project's real CLIP BPE tokenizer) trained jointly with epsilon prediction on SD's
    scaled-linear 1000-step schedule, 10% empty prompts (for CFG), offset noise (so flat backgrounds follow the
    prompt instead of the initial noise), min-SNR loss weighting and a caption curriculum (background and
-   position always named early on, attributes dropped at random later).
+   position always named during the first steps, attributes dropped at random later). Constant learning rate
+   and an EMA of the weights: the checkpoint of step N equals the result of `--unet-steps N`.
 
 Intermediate weights are diffusers folders in `--work-dir`; the last step writes one fp16 single-file SD1
 checkpoint with `webui.engine.checkpoint_writer`.
 
-    HF_HUB_OFFLINE=1 nice -n 10 python tools/train_demo_model.py --work-dir /tmp/demo_train/run \\
+    HF_HUB_OFFLINE=1 nice -n 5 python tools/train_demo_model.py --work-dir /tmp/demo_train/run \\
         --out models/Stable-diffusion/demo-shapes-v1.safetensors
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,7 +52,7 @@ TOKENIZER_DIR = ROOT / "webui" / "engine" / "tokenizers" / "clip"
 @dataclass
 class Config:
     seed: int = 1
-    threads: int = 2
+    threads: int = 1  # per process; OpenMP with 2 threads crawls on a loaded machine
     image_size: int = 64
     # VAE
     vae_channels: tuple[int, ...] = (64, 64, 64)  # >= 2 channels per GroupNorm group keeps flat colours
@@ -53,9 +60,12 @@ class Config:
     vae_batch: int = 8
     vae_crop: int = 48
     vae_lr: float = 2e-3
+    vae_colour_weight: float = 0.0  # weight of colour_l1 in phase 1
     decoder_steps: int = 600  # phase 1b: decoder-only refinement on frozen-encoder latents
     decoder_lr: float = 1e-3
-    polish_steps: int = 300  # phase 2b: a second decoder-only round, in the normalised latent space
+    polish_steps: int = 300  # phase 2b: decoder-only round in the normalised space, in a parallel process
+    colour_steps: int = 500  # phase 2c (same process): decoder round with the block-colour loss
+    colour_lr: float = 3e-4
     # data
     train_images: int = 12000
     p_two: float = 0.25
@@ -65,18 +75,19 @@ class Config:
     # UNet
     unet_channels: tuple[int, ...] = (64, 96, 128)
     unet_layers_per_block: int = 1
-    unet_steps: int = 600
+    unet_steps: int = 2400
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 50
+    ema_decay: float = 0.995  # constant LR + EMA: step N's weights do not depend on the planned total
     offset_noise: float = 0.3
     min_snr_gamma: float = 5.0
     uncond_p: float = 0.1
-    curriculum: float = 0.3  # fraction of UNet steps whose captions always name everything
+    curriculum: int = 500  # UNet steps whose captions always name everything (absolute, see ema_decay)
     drop_probs: dict[str, float] = field(default_factory=lambda: {
         "size": 0.5, "colour": 0.15, "shape": 0.15, "position": 0.25, "background": 0.25})
     early_drop_probs: dict[str, float] = field(default_factory=lambda: {"size": 0.3})
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
 
 
 # ---------------------------------------------------------------- model construction
@@ -212,6 +223,11 @@ def edge_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def colour_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 of 4x4 block means: weights flat-colour fidelity (red must not drift to orange) on top of per-pixel losses."""
+    return F.l1_loss(F.avg_pool2d(recon, 4), F.avg_pool2d(x, 4))
+
+
 def train_vae(cfg: Config, vae, work: Path, log) -> None:
     sampler = ShapesSampler(cfg.seed + 100, cfg.image_size, p_two=cfg.p_two)
     rng = np.random.default_rng(cfg.seed + 101)
@@ -225,7 +241,8 @@ def train_vae(cfg: Config, vae, work: Path, log) -> None:
         x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
-        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + edge_l1(recon, x) + 1e-6 * post.kl().mean()
+        loss = (F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + edge_l1(recon, x)
+                + cfg.vae_colour_weight * colour_l1(recon, x) + 1e-6 * post.kl().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -247,7 +264,8 @@ def vae_report(vae, grid_path: Path) -> float:
     return (recon - x).abs().mean().item()
 
 
-def refine_decoder(cfg: Config, vae, log, steps: int, round_index: int = 0) -> None:
+def refine_decoder(cfg: Config, vae, log, steps: int, round_index: int = 0, save=None, lr: float | None = None,
+                   colour_weight: float = 0.0) -> None:
     """Sharpen the decoder on full-size images with the encoder frozen, so latents (and the UNet) are unaffected."""
     torch.manual_seed(cfg.seed + 150 + 10 * round_index)
     sampler = ShapesSampler(cfg.seed + 151 + 10 * round_index, cfg.image_size, p_two=cfg.p_two)
@@ -255,7 +273,7 @@ def refine_decoder(cfg: Config, vae, log, steps: int, round_index: int = 0) -> N
     for prm in frozen:
         prm.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr or cfg.decoder_lr, weight_decay=0.0)
     sched = cosine_schedule(opt, steps, warmup=20)
     vae.train()
     for step in range(1, steps + 1):
@@ -263,13 +281,16 @@ def refine_decoder(cfg: Config, vae, log, steps: int, round_index: int = 0) -> N
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         recon = vae.decode(z).sample
-        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 2.0 * edge_l1(recon, x)
+        loss = (F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 2.0 * edge_l1(recon, x)
+                + colour_weight * colour_l1(recon, x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps:
             log(f"decoder round {round_index} step {step}/{steps} loss {loss.item():.4f}")
+        if save is not None and step % 250 == 0:
+            save(vae)  # intermediate decoders, for looking at a run that is still going
     for prm in frozen:
         prm.requires_grad_(True)
     vae.eval()
@@ -348,8 +369,8 @@ class CaptionBatcher:
                                               return_tensors="pt").input_ids[0]
         return self.cache[text]
 
-    def __call__(self, scenes: list[Scene], progress: float) -> torch.Tensor:
-        probs = self.cfg.early_drop_probs if progress < self.cfg.curriculum else self.cfg.drop_probs
+    def __call__(self, scenes: list[Scene], step: int) -> torch.Tensor:
+        probs = self.cfg.early_drop_probs if step <= self.cfg.curriculum else self.cfg.drop_probs
         texts = []
         for s in scenes:
             if self.rng.random() < self.cfg.uncond_p:
@@ -360,8 +381,9 @@ class CaptionBatcher:
         return torch.stack([self.ids(t) for t in texts])
 
 
-def train_diffusion(cfg: Config, unet, text_encoder, latents: torch.Tensor, scenes: list[Scene],
-                    work: Path, save, log) -> None:
+def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder, latents: torch.Tensor,
+                    scenes: list[Scene], save, log) -> None:
+    """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints."""
     captions = CaptionBatcher(cfg, load_tokenizer())
     gen = torch.Generator().manual_seed(cfg.seed + 400)
     ac = sd_alphas_cumprod().float()
@@ -369,7 +391,8 @@ def train_diffusion(cfg: Config, unet, text_encoder, latents: torch.Tensor, scen
     weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    sched = cosine_schedule(opt, cfg.unet_steps, cfg.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup))
+    ema_params = list(ema_unet.parameters()) + list(ema_text_encoder.parameters())
     unet.train(), text_encoder.train()
     order = torch.randperm(len(latents), generator=gen)
     pos, t0 = 0, time.time()
@@ -379,7 +402,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, latents: torch.Tensor, scen
         idx = order[pos:pos + cfg.batch]
         pos += cfg.batch
         x0 = latents[idx]
-        ids = captions([scenes[i] for i in idx.tolist()], step / cfg.unet_steps)
+        ids = captions([scenes[i] for i in idx.tolist()], step)
         noise = torch.randn(x0.shape, generator=gen)
         noise = noise + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
@@ -392,6 +415,9 @@ def train_diffusion(cfg: Config, unet, text_encoder, latents: torch.Tensor, scen
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         if step % 25 == 0:
             rate = step * cfg.batch / (time.time() - t0)
             log(f"unet step {step}/{cfg.unet_steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
@@ -420,6 +446,16 @@ def export_single_file(folder: Path, out: Path) -> int:
 
 
 # ---------------------------------------------------------------- driver
+
+def start_polish(cfg: Config, work: Path, out: Path) -> subprocess.Popen:
+    """Phase 2b in a second 1-thread process, overlapping the UNet phase (the encoder, hence the latents, is frozen)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--work-dir", str(work), "--out", str(out),
+            "--polish-only", str(work / "vae_folded")]
+    for name, value in asdict(cfg).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return subprocess.Popen(argv, stdout=open(work / "polish.log", "w"), stderr=subprocess.STDOUT)
+
 
 def seed_everything(seed: int, threads: int) -> None:
     random.seed(seed)
@@ -473,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import AutoencoderKL
     if args.polish_only:
         vae = AutoencoderKL.from_pretrained(args.polish_only)
-        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1)
+        keep = lambda v: v.save_pretrained(work / "vae_polishing")  # noqa: E731
+        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1, save=keep)
+        # the colour round reuses round 1's data seeds (that is how the shipped decoder was made)
+        refine_decoder(cfg, vae, log, cfg.colour_steps, round_index=1, save=keep, lr=cfg.colour_lr,
+                       colour_weight=1.0)
         log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
         vae.save_pretrained(work / "vae_polished")
         return 0
@@ -505,9 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         latents, scenes = encode_dataset(cfg, vae, held_out, log)
         torch.save({"latents": latents, "scenes": scenes}, cache)
     latents = fold_latent_normalisation(vae, latents)
-    if cfg.polish_steps:
-        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1)
-        log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
+    vae.save_pretrained(work / "vae_folded")
+    polish = start_polish(cfg, work, args.out) if cfg.polish_steps or cfg.colour_steps else None
     log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
     torch.manual_seed(cfg.seed + 1000)
@@ -516,17 +555,25 @@ def main(argv: list[str] | None = None) -> int:
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}
     log(f"parameters {counts}")
 
+    ema_unet, ema_text_encoder = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+
     def save(tag: str) -> None:
         folder = work / tag
-        unet.save_pretrained(folder / "unet")
-        text_encoder.save_pretrained(folder / "text_encoder")
+        ema_unet.save_pretrained(folder / "unet")
+        ema_text_encoder.save_pretrained(folder / "text_encoder")
         vae.save_pretrained(folder / "vae")
         (work / "latest").unlink(missing_ok=True)
         (work / "latest").symlink_to(folder.name)
         log(f"saved {folder}")
 
-    train_diffusion(cfg, unet, text_encoder, latents, scenes, work, save, log)
+    train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
     save("final")
+    if polish is not None:
+        if polish.wait() != 0:
+            raise RuntimeError(f"decoder polish failed, see {work / 'polish.log'}")
+        shutil.rmtree(work / "final" / "vae")
+        shutil.copytree(work / "vae_polished", work / "final" / "vae")
+        log("final/vae = vae_polished")
     try:
         size = export_single_file(work / "final", args.out)
         log(f"wrote {args.out} ({size / 1e6:.2f} MB)")
