@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python bench/run_all.py            # full-size SD1.5 (+ demo model), 1 and 2 threads
     HF_HUB_OFFLINE=1 python bench/run_all.py --quick    # tiny fixture models: checks the scripts in ~2 min
     HF_HUB_OFFLINE=1 python bench/run_all.py --only load_swap,step_time --threads 1
-    HF_HUB_OFFLINE=1 python bench/run_all.py --sdxl     # also SDXL (needs ~15 GB free RAM; a step and a load)
+    HF_HUB_OFFLINE=1 python bench/run_all.py --sdxl     # also SDXL (fp32 SDXL is ~14 GB: run it alone; a step and a load)
     HF_HUB_OFFLINE=1 python bench/run_all.py --render   # only rewrite the doc from the stored results
 
 Figures accumulate in $SD_BENCH_CACHE/results.json (default ~/.cache/sd-studio-bench), keyed by the
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--only", help="comma-separated groups: kernels, load_swap, step_time, precision, "
                                    "channels_last, lora, server_start, sdxl")
-    ap.add_argument("--sdxl", action="store_true", help="also the SDXL load and step (needs ~15 GB free)")
+    ap.add_argument("--sdxl", action="store_true", help="also the SDXL load and step (fp32 SDXL is ~14 GB: run it alone)")
     ap.add_argument("--render", action="store_true", help="only rewrite docs/performance.md from stored results")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
     args = ap.parse_args()
