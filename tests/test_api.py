@@ -220,6 +220,13 @@ def test_samples_format_override_encodes_jpeg_with_exif_infotext(client):
     assert ok(client.get("/sdapi/v1/options"))["samples_format"] == "png"
 
 
+def test_a_lone_surrogate_in_a_prompt_is_a_422(client):
+    # JSON may escape a lone surrogate (found by fuzzing); no tokenizer can read it
+    response = client.post("/sdapi/v1/txt2img", content=b'{"negative_prompt": "a \\ud800"}',
+                           headers={"content-type": "application/json"})
+    assert_field_error(response, "negative_prompt")
+
+
 @pytest.mark.parametrize("route, body, field", [
     ("txt2img", {"steps": "abc"}, "steps"),
     ("txt2img", {"width": -64}, "width"),

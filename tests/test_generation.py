@@ -290,3 +290,13 @@ def test_vae_nan_in_reduced_precision_is_redone_in_fp32(sd1_engine, caplog):
         vae.load_state_dict(saved)
     assert torch.isfinite(out).all() and torch.allclose(out, expected, atol=1e-5)
     assert "redoing it in fp32" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt", "hr_prompt"])
+def test_text_that_is_not_valid_unicode_is_refused_with_its_field(field):
+    from webui.engine.errors import InvalidParameterError
+
+    p = small_params(**{field: "a cat \ud800"})   # a lone surrogate, as JSON "\\ud800" decodes
+    with pytest.raises(InvalidParameterError) as err:
+        p.validate()
+    assert err.value.field == field and "Unicode" in str(err.value)

@@ -87,8 +87,8 @@ class GenerationParams:
             value = getattr(self, name)
             if not isinstance(value, int) or value < -1 or value >= 2**32:
                 raise InvalidParameterError(name, f"must be -1 (random) or an integer from 0 to {2**32 - 1} (got {value!r})")
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise InvalidParameterError("prompt", "must be text")
+        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+            _check_text(self, name)
         if img2img:
             self._validate_img2img()
         elif self.mask is not None:
@@ -136,6 +136,16 @@ class GenerationParams:
         for name in ("hr_prompt", "hr_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidParameterError(name, "must be text")
+
+
+def _check_text(p, name: str) -> None:
+    value = getattr(p, name, "")
+    if not isinstance(value, str):
+        raise InvalidParameterError(name, "must be text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:   # e.g. a lone surrogate from JSON "\ud800": no tokenizer can read it
+        raise InvalidParameterError(name, "contains characters that are not valid Unicode text") from None
 
 
 def _check_int(p: GenerationParams, name: str, low: int, high: int) -> None:
