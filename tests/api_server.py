@@ -76,3 +76,14 @@ def server(data_dir) -> "ApiServer":
 def client(server) -> httpx.Client:
     with httpx.Client(base_url=server.url, timeout=180) as c:
         yield c
+
+
+def data_dir_with(root: Path, *checkpoints: tuple[str, str, int]) -> Path:
+    """`root` as a data dir whose checkpoint folder holds fixture files NAME.safetensors of (NAME, family, seed)."""
+    from webui.testing.fixtures import write_checkpoint
+
+    ckpts = root / "models" / "Stable-diffusion"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    for name, family, seed in checkpoints:
+        write_checkpoint(ckpts / f"{name}.safetensors", family, seed=seed)
+    return root

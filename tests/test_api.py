@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.api_server import client, server  # noqa: F401  (shared module fixtures)
+from tests.api_server import client, data_dir_with, server  # noqa: F401  (shared module fixtures)
 from webui.engine.infotext import parse_infotext
-from webui.testing.fixtures import write_checkpoint
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 INFO_KEYS = {"prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
@@ -33,12 +32,8 @@ INFO_KEYS = {"prompt", "all_prompts", "negative_prompt", "all_negative_prompts",
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("api-data")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    write_checkpoint(ckpts / "a.safetensors", "sd1", seed=0)
-    write_checkpoint(ckpts / "b.safetensors", "sd1", seed=1)
-    (ckpts / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + bytes(64))
+    root = data_dir_with(tmp_path_factory.mktemp("api-data"), ("a", "sd1", 0), ("b", "sd1", 1))
+    (root / "models" / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + bytes(64))
     return root
 
 

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api_server import client, server  # noqa: F401  (shared module fixtures)
+from tests.api_server import client, data_dir_with, server  # noqa: F401  (shared module fixtures)
 from webui.engine.infotext import parse_infotext
-from webui.testing.fixtures import write_checkpoint
 
 SMALL = {"width": 64, "height": 64, "steps": 3, "sampler_name": "Euler", "seed": 3}
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("api-inpaint")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    write_checkpoint(ckpts / "a.safetensors", "sd1", seed=0)
-    write_checkpoint(ckpts / "b.safetensors", "sd1", seed=1)
-    write_checkpoint(ckpts / "depth.safetensors", "sd2-depth", seed=0)
-    return root
+    return data_dir_with(tmp_path_factory.mktemp("api-inpaint"), ("a", "sd1", 0), ("b", "sd1", 1),
+                         ("depth", "sd2-depth", 0))
 
 
 

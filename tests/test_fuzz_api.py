@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.api_server import client, server  # noqa: F401  (shared module fixtures)
-from webui.testing.fixtures import write_checkpoint
+from tests.api_server import client, data_dir_with, server  # noqa: F401  (shared module fixtures)
 
 EXAMPLES = 40
 BASE = {"width": 64, "height": 64, "steps": 1, "n_iter": 1, "batch_size": 1, "prompt": "fuzz"}
@@ -26,11 +25,7 @@ BASE = {"width": 64, "height": 64, "steps": 1, "n_iter": 1, "batch_size": 1, "pr
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    write_checkpoint(ckpts / "a.safetensors", "sd1", seed=0)
-    return root
+    return data_dir_with(tmp_path_factory.mktemp("fuzz"), ("a", "sd1", 0))
 
 
 class Raw(str):

@@ -10,21 +10,18 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.api_server import start_server
+from tests.api_server import data_dir_with, start_server
 from webui.security.exposure import exposure_warning, server_is_exposed
 from webui.security.headers import with_security_headers
 from webui.security.hosts import HostPolicy, OriginPolicy, split_host
-from webui.testing.fixtures import write_checkpoint
 
 GOOD_ORIGIN, EVIL_ORIGIN = "http://good.example:3000", "http://evil.example"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("security-network")
+    root = data_dir_with(tmp_path_factory.mktemp("security-network"), ("a", "sd1", 0))
     ckpt = root / "models" / "Stable-diffusion" / "a.safetensors"
-    ckpt.parent.mkdir(parents=True)
-    write_checkpoint(ckpt, "sd1", seed=0)
     srv = start_server(root, ckpt, extra_args=["--cors-allow-origins", f"{GOOD_ORIGIN},http://other.example",
                                                "--allowed-hosts", "studio.lan,.club.lan"])
     yield srv

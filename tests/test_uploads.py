@@ -11,20 +11,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.api_server import client, server  # noqa: F401  (shared module fixtures)
+from tests.api_server import client, data_dir_with, server  # noqa: F401  (shared module fixtures)
 from webui.api.limits import configure_pil_pixel_limit
-from webui.testing.fixtures import write_checkpoint
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "denoising_strength": 0.5}
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("uploads")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    write_checkpoint(ckpts / "a.safetensors", "sd1", seed=0)
-    return root
+    return data_dir_with(tmp_path_factory.mktemp("uploads"), ("a", "sd1", 0))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
