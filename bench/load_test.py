@@ -8,7 +8,10 @@ must carry its own request's parameters (info and infotext), a few jobs are rege
 match pixel for pixel (so no image was swapped between clients), and the queue's records must show FIFO:
 jobs start in the order they were queued and never overlap.
 Phase 2: a soak of G generations with S checkpoint swaps (demo model <-> a fixture checkpoint), sampling
-the server's RSS; growth is measured from the end of a warm-up (both models loaded once) to the end.
+the server's RSS after every generation; growth compares the median of the window of samples just after a
+warm-up (both models loaded once) with the median of the last window. RSS moves by ~5% with whichever
+model is current and what the allocator holds at that moment, so single samples would read that as growth;
+a leak moves the whole window.
 The numbers depend on a shared, busy CPU; the checks are about correctness.
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Report:
     rss_warm_mb: float = 0.0
     rss_end_mb: float = 0.0
     rss_max_mb: float = 0.0
+    rss_trace: list[float] = field(default_factory=list)   # after each soak generation
 
     @property
     def rss_growth(self) -> float:
@@ -192,15 +196,18 @@ def soak(http: httpx.Client, pid: int, generations: int, swaps: int, steps: int,
         if response.status_code != 200:
             report.problems.append(f"soak generation {i}: HTTP {response.status_code} {response.text[:200]}")
         rss = rss_mb(pid)
+        report.rss_trace.append(rss)
         report.rss_max_mb = max(report.rss_max_mb, rss)
-        if i + 1 == warm_after:
-            report.rss_warm_mb = rss
     while done_swaps < swaps:   # when swaps > generations
         http.post("/sdapi/v1/options", json={"sd_model_checkpoint": models[(done_swaps + 1) % 2]})
         done_swaps += 1
     report.soak_seconds = time.perf_counter() - t0
     report.soak_generations, report.soak_swaps = generations, done_swaps
-    report.rss_end_mb = rss_mb(pid)
+    window = max(1, generations // 5)
+    if not report.rss_trace:
+        return
+    report.rss_warm_mb = statistics.median(report.rss_trace[warm_after - 1:warm_after - 1 + window])
+    report.rss_end_mb = statistics.median(report.rss_trace[-window:])
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -259,8 +266,8 @@ figures are for the record, the checks are about correctness). Demo model `{DEMO
 | generations / checkpoint swaps | {report.soak_generations} / {report.soak_swaps} (demo model <-> a fixture SD1 checkpoint, RAM cache of 1) |
 | wall time | {report.soak_seconds:.1f} s |
 | server RSS at start of soak | {report.rss_start_mb:.0f} MB |
-| RSS after warm-up (both models loaded once) | {report.rss_warm_mb:.0f} MB |
-| RSS at the end / max | {report.rss_end_mb:.0f} MB / {report.rss_max_mb:.0f} MB |
+| RSS after warm-up (both models loaded once; median of the next {max(1, report.soak_generations // 5)} samples) | {report.rss_warm_mb:.0f} MB |
+| RSS at the end (median of the last {max(1, report.soak_generations // 5)} samples) / max | {report.rss_end_mb:.0f} MB / {report.rss_max_mb:.0f} MB |
 | growth after warm-up | {100 * report.rss_growth:+.1f} % (limit 5 %) |
 
 Problems: {"none" if not report.problems else "; ".join(report.problems)}

@@ -53,6 +53,9 @@ def plan(quick: bool, threads: list[int], sdxl: bool) -> list[tuple[str, list[st
                                "--precision", "bf16", "--no-bare", "--threads", str(threads[-1])]))
     runs.append(("channels_last", ["step_time.py", "--model", big, "--size", size, "--steps", steps, "--repeats", "1",
                                    "--channels-last", "--no-bare", "--threads", str(threads[0])]))
+    for flag in ([], ["--compile"]):
+        runs.append(("compile", ["step_time.py", "--model", demo, "--size", "64", "--steps", "8", "--repeats", "3"]
+                     + flag + ["--threads", str(threads[0])]))
     runs.append(("lora", ["bench_lora.py", "--model", big, "--repeats", "2" if not quick else "3",
                           "--threads", str(threads[0])]))
     for model in dict.fromkeys(["demo", big]):
@@ -115,6 +118,8 @@ def _detail(row: dict) -> str:
             parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
     if row.get("channels_last"):
         parts.append("channels_last")
+    if row.get("compiled"):
+        parts.append("torch.compile")
     return ", ".join(parts)
 
 

@@ -1,7 +1,7 @@
 """Time per UNet step inside our generation against a bare loop over the same UNet, plus VAE decode and RSS.
 
     python bench/step_time.py --model sd15 --size 256 --steps 4 --threads 1 [--precision fp32|bf16]
-           [--channels-last] [--repeats 2]
+           [--channels-last] [--compile] [--repeats 2]
 
 The bare loop is written here, not taken from the app: the scaled-linear schedule's sigmas at evenly spaced
 timesteps (what "Euler" with the Automatic schedule uses), a CFG batch of 2 through the UNet, and the Euler
@@ -87,12 +87,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (the first image pays the compile)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare loop (ours only)")
     args = ap.parse_args()
     set_threads(args.threads)
     tag = dict(model=args.model, size=args.size, threads=args.threads, precision=args.precision,
-               channels_last=args.channels_last)
-    options = {"precision": args.precision}
+               channels_last=args.channels_last, compiled=args.compile)
+    options = {"precision": args.precision, "compile": args.compile}
     if args.channels_last:
         if not models.engine_supports("channels_last"):
             emit("unsupported", 0, "", what="channels_last", **tag)
@@ -123,6 +124,8 @@ def main() -> None:
         emit("step_bare", bare_s, "s", **tag, n=len(bare_steps), min=min(bare_steps))
         emit("overhead_ratio", ours_s / bare_s, "x", **tag, min_ratio=min(our_steps) / min(bare_steps))
     emit("image_total", min(totals), "s", **tag, steps=args.steps)
+    if args.compile:
+        emit("first_image_with_compile", totals[0], "s", **tag, steps=args.steps)
     emit("rss_peak_generation", rss.peak_rss / GB, "GiB", **tag, delta=rss.delta / GB)
     decode_times = []
     from webui.engine.processing import decode_latents

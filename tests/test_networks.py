@@ -20,7 +20,7 @@ from conftest import small_params
 from webui.engine.engine import Engine
 from webui.engine.hashing import addnet_hash_safetensors
 from webui.engine.infotext import parse_infotext
-from webui.engine.networks import NetworkUse, uses_from_prompt
+from webui.engine.networks import NetworkApplier, NetworkUse, uses_from_prompt
 
 RANK = 4
 ALPHA = 2.0
@@ -284,15 +284,53 @@ def test_text_encoder_and_unet_weights_are_separate(sd1, sd1_files):
 
 def test_reapplying_the_same_set_reuses_the_patched_weights(sd1, sd1_files):
     model = sd1.models.current
+    original = model.unet.get_submodule(SD1_TARGETS[0][1]).weight.data
     first = sd1.networks.activate(model, "<lora:lokr:0.8>")
     patched = model.unet.get_submodule(SD1_TARGETS[0][1]).weight.data
     sd1.networks.deactivate(model)
     again = sd1.networks.activate(model, "<lora:lokr:0.8>")
     assert not first.report.reused and again.report.reused
     assert model.unet.get_submodule(SD1_TARGETS[0][1]).weight.data.data_ptr() == patched.data_ptr()
-    other = sd1.networks.activate(model, "<lora:lokr:0.9>")   # another weight: computed anew
+    at_08 = patched.clone()
+    other = sd1.networks.activate(model, "<lora:lokr:0.9>")   # another weight: computed anew ...
+    now = model.unet.get_submodule(SD1_TARGETS[0][1]).weight.data
     assert not other.report.reused
+    assert now.data_ptr() == patched.data_ptr()   # ... into the previous set's tensor, not fresh memory
+    torch.testing.assert_close(now - original, (at_08 - original) * (0.9 / 0.8), atol=2e-5, rtol=1e-4)
     sd1.networks.deactivate(model)
+    assert model.unet.get_submodule(SD1_TARGETS[0][1]).weight.data.data_ptr() == original.data_ptr()
+
+
+def test_in_place_mode_edits_the_weights_restores_exactly_and_lazily(sd1, sd1_files, sd1_base):
+    """The GPU way (weights edited in place, originals kept in CPU RAM), run here on CPU: the same weights and
+    images as the swap way, no second copy of the weights, left applied between jobs of the same set, and
+    restored to the bit by a job without networks."""
+    model = sd1.models.current
+    before = snapshot(model)
+    module = model.unet.get_submodule(SD1_TARGETS[0][1])
+    prompt = "a red circle <lora:lora:0.6> <lora:loha:0.4>"
+    swapped = sd1.txt2img(params(prompt))
+    sd1.networks.activate(model, prompt)
+    swapped_weight = module.weight.data.clone()
+    sd1.networks.deactivate(model)
+    swap_applier, sd1.networks.applier = sd1.networks.applier, NetworkApplier(in_place=True)
+    try:
+        ptr = module.weight.data_ptr()
+        first = sd1.txt2img(params(prompt))
+        assert module.weight.data_ptr() == ptr                       # edited in place, no new tensor
+        assert torch.equal(module.weight.data, swapped_weight)      # the same values as the swap way
+        assert sd1.networks.applier.is_applied(model)                # left applied after the job
+        assert first.images[0].tobytes() == swapped.images[0].tobytes()
+        again = sd1.networks.activate(model, prompt)
+        assert again.report.reused
+        base = sd1.txt2img(params("a red circle"))                   # another set (none): restored first
+        assert not sd1.networks.applier.is_applied(model) and module.weight.data_ptr() == ptr
+        assert_same_weights(model, before)
+        assert base.images[0].tobytes() == sd1_base.images[0].tobytes()
+    finally:
+        sd1.networks.applier.restore(model)
+        sd1.networks.applier = swap_applier
+    assert_same_weights(model, before)
 
 
 def test_infotext_has_a1111_lora_hash(sd1, sd1_files):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ class App:
     args: argparse.Namespace | None = None
     state: dict[str, Any] = field(default_factory=dict)
     extensions: ExtensionHost | None = None   # scripts and callbacks of the loaded extensions
+    # latent→RGB preview maps per VAE; weak keys, so an unloaded VAE's map goes with it (an id() key could be
+    # reused by the next VAE allocated at the same address and hand it a stale map)
+    preview_maps: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
 
     def __post_init__(self) -> None:
         if self.extensions is None:
@@ -143,9 +147,8 @@ class App:
         previews_on = self.settings.get("live_previews_enable") and self.settings.get("show_progress_every_n_steps")
         if model is None or model.vae is None or not previews_on:
             return
-        key = ("preview", id(model.vae))
-        if key not in self.state:
-            self.state[key] = fit_latent_to_rgb(model.vae)
+        if model.vae not in self.preview_maps:
+            self.preview_maps[model.vae] = fit_latent_to_rgb(model.vae)
 
     def preview(self, job: Job) -> Image.Image | None:
         """The job's current x0 prediction, mapped to RGB without a VAE decode (None until the map is fitted)."""
@@ -153,7 +156,7 @@ class App:
         model = self.engine.models.current
         if latent is None or model is None or model.vae is None:
             return None
-        coefs = self.state.get(("preview", id(model.vae)))
+        coefs = self.preview_maps.get(model.vae)
         if coefs is None:
             return None
         return preview_image(latent, coefs, upscale=max(1, 512 // max(latent.shape[-1], 1) // 4))

@@ -19,7 +19,7 @@ from .hashing import HashCache
 from .job_hooks import ProcessingHooks
 from .job_plan import checkpoint_switches
 from .model_manager import ModelManager, SDModel
-from .networks import LoraFile, Networks
+from .networks import LoraFile, NetworkApplier, Networks
 from .params import GenerationParams
 from .paths import DataPaths
 from .precision import set_precision
@@ -45,7 +45,7 @@ class Engine:
         self.schedules = default_schedule_registry()
         self.hooks = DenoiserHooks()
         self.depth = DepthEstimators(self.paths.depth_dir, load_embedded_estimator)
-        self.networks = Networks(self.paths.lora_dir, self.hashes)
+        self.networks = Networks(self.paths.lora_dir, self.hashes, NetworkApplier(in_place=not self.devices.is_cpu))
         self.embeddings = EmbeddingLibrary(self.paths.embeddings_dirs, self.hashes)
         self.prompt_options = PromptOptions()   # the emphasis/padding settings; the app updates them
         self.lock = threading.Lock()   # one generation or model swap at a time

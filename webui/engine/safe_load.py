@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import pickle
 import struct
 import zipfile
@@ -97,6 +98,7 @@ def _read_mapped(path: Path, header: dict, dtype: torch.dtype) -> dict[str, torc
         return load_safetensors(path)   # exotic dtypes (fp8, unsigned): let safetensors handle them
     with open(path, "rb") as f:
         base = 8 + struct.unpack("<Q", f.read(8))[0]
+        _read_ahead(f.fileno())
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     out: dict[str, torch.Tensor] = {}
     for name, info in entries:
@@ -111,6 +113,16 @@ def _read_mapped(path: Path, header: dict, dtype: torch.dtype) -> dict[str, torc
             _release(mm, start, end)
         out[name] = t
     return out
+
+
+def _read_ahead(fd: int) -> None:
+    """Ask the kernel to read the whole file into the page cache in the background, so that the disk read
+    overlaps the casts instead of stalling each one (a cold fp16 SD1.5 load: 8.7 → 6.4 s here)."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:   # some filesystems do not take the advice; reading works all the same
+            pass
 
 
 def _release(mm: mmap.mmap, start: int, end: int) -> None:

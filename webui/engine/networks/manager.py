@@ -110,7 +110,8 @@ class Networks:
 
     @contextmanager
     def applied(self, model, params) -> Iterator[Activation | None]:
-        """Networks of `params.prompt` active on `model` for the block; the weights are restored after it.
+        """Networks of `params.prompt` active on `model` for the block; the weights are restored after it (on
+        a GPU only when a later job asks for another set: see `apply.py`).
 
         Records "Lora hashes" (and "Lora skipped" for networks that were not applied) in the infotext.
         """
@@ -125,4 +126,4 @@ class Networks:
         try:
             yield activation
         finally:
-            self.applier.restore(model)
+            self.applier.release(model)
