@@ -58,6 +58,28 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def in_place_rows(nets, model, weights, repeats: int) -> list[tuple[str, float]]:
+    """The GPU way (weights edited in place, originals copied to CPU RAM once), timed here on CPU."""
+    from webui.engine.networks import NetworkApplier
+
+    swap, nets.applier = nets.applier, NetworkApplier(in_place=True)
+    try:
+        first = timed(lambda: (nets.activate(model, "<lora:a:0.5>"), nets.deactivate(model)), 1)
+        nets.activate(model, "<lora:a:0.5>")
+        changes = []
+        for _ in range(repeats):   # a job with another weight: restore from the backups, compute, add in place
+            start = time.perf_counter()
+            nets.activate(model, f"<lora:a:{next(weights) / 1000}>")
+            changes.append(time.perf_counter() - start)
+        restore = timed(lambda: nets.deactivate(model), 1)
+    finally:
+        nets.applier.restore(model)
+        nets.applier = swap
+    return [("in place: first apply (+ CPU copies of the originals) + restore", first),
+            ("in place: another weight (restore + compute + add)", statistics.median(changes)),
+            ("in place: restore (copy the originals back)", restore)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="sd1", choices=["sd1", "sd2", "sdxl"])
@@ -116,8 +138,11 @@ def main() -> None:
         rows.append(("remove (swap the original tensors back)", statistics.median(removes)))
         rows.append(("compute + apply + remove, 2 LoRAs", timed(lambda: fresh_apply("<lora:a:0.7> <lora:b:0.4>"), args.repeats)))
         rss.__exit__(None, None, None)
+        rows += in_place_rows(nets, model, weights, args.repeats)
     tag = dict(model=args.model or f"tiny-{args.family}", threads=args.threads, rank=args.rank, modules=n)
-    for key, (label, seconds) in zip(("lora_cold", "lora_new_weight", "lora_reapply", "lora_remove", "lora_two"), rows):
+    keys = ("lora_cold", "lora_new_weight", "lora_reapply", "lora_remove", "lora_two",
+            "lora_inplace_first", "lora_inplace_new_weight", "lora_inplace_restore")
+    for key, (label, seconds) in zip(keys, rows):
         emit(key, seconds, "s", **tag, what=label)
     emit("lora_rss_delta", win.delta / GB, "GiB", **tag, what="RSS growth while applying/removing (patched-weight cache)")
     print(f"LoRA benchmark: {args.model or args.family + ' fixture'}, {n} modules, rank {args.rank}, {args.threads} thread(s), "
