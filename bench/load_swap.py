@@ -58,6 +58,7 @@ def main() -> None:
     emit("rss_peak_load", win.delta / size, "x model", **tag, peak_gib=win.peak_rss / GB, delta_gib=win.delta / GB,
          start_gib=win.start_rss / GB)
 
+    model = None   # the engine alone decides what stays in memory (holding it here kept two SDXLs: OOM)
     _, seconds, _ = timed_load(engine, other)
     emit("swap_to_small_uncached", seconds, "s", **tag, other=args.other, rss_after_gib=(rss_bytes() - base) / GB)
     model, seconds, win = timed_load(engine, path)
@@ -65,6 +66,7 @@ def main() -> None:
     emit("rss_peak_swap_uncached", win.delta / size, "x model", **tag, delta_gib=win.delta / GB)
 
     engine.models.cache_size = 2
+    model = None
     timed_load(engine, other)
     model, seconds, _ = timed_load(engine, path)
     emit("swap_cached", seconds, "s", **tag, note="RAM cache 2")

@@ -197,7 +197,7 @@ class NetworkApplier:
             except ValueError:
                 mismatched.append(key)
                 continue
-            out[target.name] = (target, dw * multiplier, None if db is None else db * multiplier)
+            out[target.name] = (target, dw.mul_(multiplier), None if db is None else db.mul_(multiplier))
         _check_fit(net, matched, unmatched, unsupported, mismatched)
         return out
 

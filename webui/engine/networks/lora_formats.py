@@ -132,7 +132,8 @@ def _dora(delta: torch.Tensor, target: torch.Tensor, dora_scale: torch.Tensor) -
 
 def compute_delta(weights: dict[str, torch.Tensor], target: torch.Tensor, bias: torch.Tensor | None = None,
                   dyn_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(ΔW shaped like `target`, Δbias or None) in float32, before the user's multiplier.
+    """(ΔW shaped like `target`, Δbias or None) in float32, before the user's multiplier; new tensors that
+    share no memory with `weights` or `target`, so the caller may change them in place.
 
     Raises UnsupportedModule for unknown module types and ValueError when ΔW cannot take the target's shape.
     """
@@ -146,15 +147,18 @@ def compute_delta(weights: dict[str, torch.Tensor], target: torch.Tensor, bias: 
         delta, scale = _lokr(weights, target)
     elif kind in ("full", "norm"):
         wkey, bkey = ("diff", "diff_b") if kind == "full" else ("w_norm", "b_norm")
-        delta, scale = _f32(weights[wkey], target), 1.0
-        delta_b = _f32(weights[bkey], target) if bkey in weights and bias is not None else None
+        # copies: the caller scales ΔW in place, and these would otherwise alias the parsed file's tensors
+        delta, scale = _f32(weights[wkey], target).clone(), 1.0
+        delta_b = _f32(weights[bkey], target).clone() if bkey in weights and bias is not None else None
     elif kind == "ia3":
         delta, scale = _ia3(weights, target), 1.0
     else:
         raise UnsupportedModule(f"unsupported network module type ({kind}: {', '.join(sorted(weights))})")
     if delta.numel() != target.numel():
         raise ValueError(f"ΔW has shape {tuple(delta.shape)}, the layer {tuple(target.shape)}")
-    delta = delta.reshape(target.shape) * scale
+    delta = delta.reshape(target.shape)
+    if scale != 1.0:
+        delta.mul_(scale)   # in place: every ΔW here is a tensor of its own, and fresh memory is what costs
     if "dora_scale" in weights:
         delta = _dora(delta, target, weights["dora_scale"])
     if delta_b is not None and delta_b.numel() != bias.numel():
