@@ -45,6 +45,9 @@ def plan(quick: bool, threads: list[int], sdxl: bool) -> list[tuple[str, list[st
     for t in threads:   # 3 runs of ours and of the bare loop, alternating: enough samples for a 3% question
         runs.append(("step_time", ["step_time.py", "--model", big, "--size", size, "--steps", steps, "--repeats", "3",
                                    "--threads", str(t)]))
+    # the overhead question (≤ 1.03×) needs many steps: 4 alternating runs of 12 steps at a size where steps are short
+    runs.append(("overhead", ["step_time.py", "--model", big, "--size", "64", "--steps", "12", "--repeats", "4",
+                              "--threads", str(threads[-1])]))
     for prec in ("fp32", "bf16"):
         runs.append(("precision", ["step_time.py", "--model", demo, "--size", "64", "--steps", "8", "--repeats", "1",
                                    "--precision", prec, "--threads", str(threads[0])]))
@@ -184,7 +187,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny fixture models (checks the scripts)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--only", help="comma-separated groups: kernels, load_swap, step_time, precision, "
-                                   "channels_last, compile, lora, server_start, sdxl")
+                                   "overhead, channels_last, compile, lora, server_start, sdxl")
     ap.add_argument("--sdxl", action="store_true", help="also the SDXL load and step (fp32 SDXL is ~14 GB: run it alone)")
     ap.add_argument("--render", action="store_true", help="only rewrite docs/performance.md from stored results")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
