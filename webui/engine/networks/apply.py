@@ -137,8 +137,8 @@ class NetworkApplier:
     def _compute(self, state: _ModelState, signature: tuple, active: list[tuple[NetworkUse, ParsedNetwork]],
                  spare: dict[str, torch.Tensor]) -> _Patch:
         """`spare`: the previous set's patched tensors, no longer referenced by any parameter. A key patched
-        again is written into its old tensor instead of a new one: fresh memory costs more than the arithmetic
-        (a new set on SD1.5 was ~12 s, mostly first-touching 3.4 GB), and so does a second copy on a GPU."""
+        again is written into its old tensor instead of a new one, so a change of set allocates only the
+        transient ΔW of each layer."""
         sums: dict[str, list] = {}   # target name → [target, ΔW sum, Δb sum]
         applied, skipped = [], {}
         for use, net in active:

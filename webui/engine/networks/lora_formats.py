@@ -45,8 +45,8 @@ def module_type(weights: dict[str, torch.Tensor]) -> str:
     return "unknown"
 
 
-def _f32(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.to(device=like.device, dtype=torch.float32)
+def _f32(t: torch.Tensor, like: torch.Tensor, copy: bool = False) -> torch.Tensor:
+    return t.to(device=like.device, dtype=torch.float32, copy=copy)
 
 
 def _scale(weights: dict[str, torch.Tensor], dim: int | None) -> float:
@@ -148,8 +148,8 @@ def compute_delta(weights: dict[str, torch.Tensor], target: torch.Tensor, bias: 
     elif kind in ("full", "norm"):
         wkey, bkey = ("diff", "diff_b") if kind == "full" else ("w_norm", "b_norm")
         # copies: the caller scales ΔW in place, and these would otherwise alias the parsed file's tensors
-        delta, scale = _f32(weights[wkey], target).clone(), 1.0
-        delta_b = _f32(weights[bkey], target).clone() if bkey in weights and bias is not None else None
+        delta, scale = _f32(weights[wkey], target, copy=True), 1.0
+        delta_b = _f32(weights[bkey], target, copy=True) if bkey in weights and bias is not None else None
     elif kind == "ia3":
         delta, scale = _ia3(weights, target), 1.0
     else:
