@@ -59,6 +59,7 @@ class Report:
     rss_end_mb: float = 0.0
     rss_max_mb: float = 0.0
     rss_trace: list[float] = field(default_factory=list)   # after each soak generation
+    rss_window: int = 1   # samples in each median (warm-up and end)
 
     @property
     def rss_growth(self) -> float:
@@ -203,9 +204,9 @@ def soak(http: httpx.Client, pid: int, generations: int, swaps: int, steps: int,
         done_swaps += 1
     report.soak_seconds = time.perf_counter() - t0
     report.soak_generations, report.soak_swaps = generations, done_swaps
-    window = max(1, generations // 5)
     if not report.rss_trace:
         return
+    window = report.rss_window = max(1, generations // 5)
     report.rss_warm_mb = statistics.median(report.rss_trace[warm_after - 1:warm_after - 1 + window])
     report.rss_end_mb = statistics.median(report.rss_trace[-window:])
 
@@ -266,8 +267,8 @@ figures are for the record, the checks are about correctness). Demo model `{DEMO
 | generations / checkpoint swaps | {report.soak_generations} / {report.soak_swaps} (demo model <-> a fixture SD1 checkpoint, RAM cache of 1) |
 | wall time | {report.soak_seconds:.1f} s |
 | server RSS at start of soak | {report.rss_start_mb:.0f} MB |
-| RSS after warm-up (both models loaded once; median of the next {max(1, report.soak_generations // 5)} samples) | {report.rss_warm_mb:.0f} MB |
-| RSS at the end (median of the last {max(1, report.soak_generations // 5)} samples) / max | {report.rss_end_mb:.0f} MB / {report.rss_max_mb:.0f} MB |
+| RSS after warm-up (both models loaded once; median of the next {report.rss_window} samples) | {report.rss_warm_mb:.0f} MB |
+| RSS at the end (median of the last {report.rss_window} samples) / max | {report.rss_end_mb:.0f} MB / {report.rss_max_mb:.0f} MB |
 | growth after warm-up | {100 * report.rss_growth:+.1f} % (limit 5 %) |
 
 Problems: {"none" if not report.problems else "; ".join(report.problems)}
