@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from webui.engine.errors import InvalidParameterError
 from webui.engine.infotext import parse_infotext, read_image_infotext, save_image_with_infotext
@@ -87,8 +88,13 @@ def open_tab(page, tab_id: str) -> None:
 
 
 def wait_text(page, selector: str, needle: str, timeout: int = GENERATION_TIMEOUT) -> str:
-    page.wait_for_function("([s, n]) => { const e = document.querySelector(s); return e && e.innerText.includes(n); }",
-                           arg=[selector, needle], timeout=timeout)
+    try:
+        page.wait_for_function("([s, n]) => { const e = document.querySelector(s); return e && e.innerText.includes(n); }",
+                               arg=[selector, needle], timeout=timeout)
+    except PlaywrightTimeout:
+        shown = page.locator(selector).all_inner_texts()
+        raise AssertionError(f"{selector} never showed {needle!r}; it shows {shown!r}; "
+                             f"page errors: {getattr(page, 'errors', None)!r}") from None
     return page.inner_text(selector)
 
 
@@ -342,6 +348,7 @@ def test_settings_refuse_bad_values_and_persist_good_ones(page, data_dir):
     page.get_by_role("tab", name="Live previews").click()
     box = page.locator("#setting_show_progress_every_n_steps input")
     box.fill("500")
+    box.press("Tab")  # commit the edit before the click reads the form
     page.click("#settings_submit")
     message = wait_text(page, "#settings_result .html-container", "Not saved", timeout=20_000)
     assert "show_progress_every_n_steps" in message and "between 0 and 100" in message
@@ -349,6 +356,7 @@ def test_settings_refuse_bad_values_and_persist_good_ones(page, data_dir):
     before = json.loads(config.read_text()) if config.exists() else {}
     assert before.get("show_progress_every_n_steps") != 500
     box.fill("3")
+    box.press("Tab")
     page.click("#settings_submit")
     wait_text(page, "#settings_result .html-container", "Saved 1 setting", timeout=20_000)
     assert json.loads(config.read_text())["show_progress_every_n_steps"] == 3
