@@ -72,8 +72,12 @@ class Config:
     # text encoder
     text_hidden: int = 64
     text_layers: int = 3
+    # CLIP's own init (0.02) leaves untrained word embeddings nearly equal, and the weak words (shape, position)
+    # never separate: see docs/demo_model.md. 0.02 is the shipped recipe.
+    token_init_std: float = 0.02
     # UNet
     unet_channels: tuple[int, ...] = (64, 96, 128)
+    unet_attention_levels: int = 2  # leading levels with cross-attention (the middle block always has it)
     unet_layers_per_block: int = 1
     unet_steps: int = 3000
     batch: int = 32
@@ -82,6 +86,7 @@ class Config:
     ema_decay: float = 0.995  # constant LR + EMA: step N's weights do not depend on the planned total
     offset_noise: float = 0.3
     min_snr_gamma: float = 5.0
+    snr_floor: float = 0.0  # x0-space loss weight never below this (layout is decided at high noise)
     uncond_p: float = 0.1
     curriculum: int = 500  # UNet steps whose captions always name everything (absolute, see ema_decay)
     drop_probs: dict[str, float] = field(default_factory=lambda: {
@@ -108,12 +113,12 @@ def build_vae(cfg: Config):
 def build_unet(cfg: Config):
     from diffusers import UNet2DConditionModel
 
-    n = len(cfg.unet_channels)
+    n, a = len(cfg.unet_channels), cfg.unet_attention_levels
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
         block_out_channels=list(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        down_block_types=["CrossAttnDownBlock2D"] * a + ["DownBlock2D"] * (n - a),
+        up_block_types=["UpBlock2D"] * (n - a) + ["CrossAttnUpBlock2D"] * a,
         cross_attention_dim=cfg.text_hidden, attention_head_dim=8,  # SD1 meaning: 8 heads
         norm_num_groups=32, norm_eps=1e-5, act_fn="silu", use_linear_projection=False)
 
@@ -125,7 +130,10 @@ def build_text_encoder(cfg: Config):
                           num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_hidden // 64,
                           max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
                           projection_dim=cfg.text_hidden, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    return CLIPTextModel(conf)
+    model = CLIPTextModel(conf)
+    if cfg.token_init_std != 0.02:
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=cfg.token_init_std)
+    return model
 
 
 def load_tokenizer():
@@ -381,6 +389,15 @@ class CaptionBatcher:
         return torch.stack([self.ids(t) for t in texts])
 
 
+def loss_weights(snr: torch.Tensor, floor: float, gamma: float) -> torch.Tensor:
+    """Per-timestep weights of the epsilon loss: the x0-space weight is SNR clamped to [floor, gamma].
+
+    The epsilon loss equals SNR times the x0 loss, so plain epsilon training gives x0 a weight of ~0.005 at
+    the high-noise steps where position and shape are decided. The ceiling is min-SNR-gamma.
+    """
+    return snr.clamp(min=floor, max=gamma) / snr
+
+
 def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder, latents: torch.Tensor,
                     scenes: list[Scene], save, log) -> None:
     """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints."""
@@ -388,7 +405,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
     gen = torch.Generator().manual_seed(cfg.seed + 400)
     ac = sd_alphas_cumprod().float()
     snr = ac / (1 - ac)
-    weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+    weight = loss_weights(snr, cfg.snr_floor, cfg.min_snr_gamma)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup))
