@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,18 @@ class Config:
     pyramid_noise_discount: float = 0.0
     min_snr_gamma: float = 5.0
     snr_floor: float = 0.0  # x0-space loss weight never below this (layout is decided at high noise)
+    # Share of each batch drawn from t >= high_t_from with x0-space weight >= high_t_x0_weight: at those steps x_t
+    # no longer shows the layout, so only there must position come from the prompt (docs/demo_model.md).
+    high_t_share: float = 0.0
+    high_t_from: int = 900
+    high_t_x0_weight: float = 1.0
+    # Share of each batch trained as the sampler's first step really is: t=999 on pure noise (no x0 in x_t), with
+    # the epsilon target that denoises to x0, x0-space weight 1. The SD1 schedule keeps x0 at 0.068 in x_t there.
+    terminal_share: float = 0.0
+    # Phase 3b (experimental, 0 = off): this many steps from phase 3's EMA weights with a fresh optimiser, no
+    # curriculum and terminal_share = terminal_phase_share. It makes the words move the object (docs/demo_model.md).
+    terminal_steps: int = 0
+    terminal_phase_share: float = 0.5
     uncond_p: float = 0.1
     curriculum: int = 500  # UNet steps whose captions always name everything (absolute, see ema_decay)
     drop_probs: dict[str, float] = field(default_factory=lambda: {
@@ -205,15 +217,22 @@ def sample_euler_ancestral(parts: dict, prompts: list[str], seed: int, steps: in
     return list(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
 
 
-def load_components(folder: Path) -> dict:
-    """A diffusers-format model folder written by this program (vae/, unet/, text_encoder/)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def load_unet_and_text_encoder(folder: Path) -> tuple:
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     folder = Path(folder)
-    parts = {"vae": AutoencoderKL.from_pretrained(folder / "vae"),
-             "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
-             "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
+    return (UNet2DConditionModel.from_pretrained(folder / "unet"),
+            CLIPTextModel.from_pretrained(folder / "text_encoder"))
+
+
+def load_components(folder: Path) -> dict:
+    """A diffusers-format model folder written by this program (vae/, unet/, text_encoder/)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    unet, text_encoder = load_unet_and_text_encoder(folder)
+    parts = {"vae": AutoencoderKL.from_pretrained(folder / "vae"), "unet": unet, "text_encoder": text_encoder,
              "tokenizer": load_tokenizer()}
     for m in ("vae", "unet", "text_encoder"):
         parts[m].eval()
@@ -418,6 +437,36 @@ def loss_weights(snr: torch.Tensor, floor: float, gamma: float) -> torch.Tensor:
     return snr.clamp(min=floor, max=gamma) / snr
 
 
+def timesteps_and_weights(cfg: Config, n: int, gen: torch.Generator, weight: torch.Tensor,
+                          snr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Uniform timesteps, except a leading `high_t_share` of the batch drawn from [high_t_from, 999] and a
+    trailing `terminal_share` at t=999; returns (t, loss weights, number of terminal samples)."""
+    t = torch.randint(0, 1000, (n,), generator=gen)
+    w = weight[t]
+    k = round(cfg.high_t_share * n)
+    if k:
+        t[:k] = torch.randint(cfg.high_t_from, 1000, (k,), generator=gen)
+        w[:k] = torch.maximum(weight[t[:k]], cfg.high_t_x0_weight / snr[t[:k]])
+    m = round(cfg.terminal_share * n)
+    if m:
+        t[n - m:] = 999
+        w[n - m:] = 1.0 / snr[999]
+    return t, w, m
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, ac: torch.Tensor,
+           terminal: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, epsilon target). The last `terminal` samples get pure noise and the target that denoises to x0."""
+    a = ac[t].sqrt()[:, None, None, None]
+    s = (1 - ac[t]).sqrt()[:, None, None, None]
+    x_t, target = a * x0 + s * noise, noise
+    if terminal:
+        x_t, target = x_t.clone(), noise.clone()
+        x_t[-terminal:] = s[-terminal:] * noise[-terminal:]
+        target[-terminal:] = noise[-terminal:] - a[-terminal:] / s[-terminal:] * x0[-terminal:]
+    return x_t, target
+
+
 def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder, latents: torch.Tensor,
                     scenes: list[Scene], save, log) -> None:
     """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints."""
@@ -442,11 +491,10 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
         ids = captions([scenes[i] for i in idx.tolist()], step)
         noise = pyramid_noise(x0.shape, gen, cfg.pyramid_noise_discount)
         noise = noise + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
-        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
-        a = ac[t].sqrt()[:, None, None, None]
-        s = (1 - ac[t]).sqrt()[:, None, None, None]
-        pred = unet(a * x0 + s * noise, t, text_encoder(ids).last_hidden_state).sample
-        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight[t]).mean()
+        t, w, terminal = timesteps_and_weights(cfg, x0.shape[0], gen, weight, snr)
+        x_t, target = noised(x0, noise, t, ac, terminal)
+        pred = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
+        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -462,6 +510,17 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             save(f"step{step:05d}")
     unet.eval(), text_encoder.eval()
+
+
+def train_terminal_phase(cfg: Config, ema_unet, ema_text_encoder, latents: torch.Tensor, scenes: list[Scene],
+                         save, log) -> None:
+    """Phase 3b: continue from the EMA weights with a share of pure-noise t=999 samples; updates the EMA copies."""
+    seed_everything(cfg.seed, cfg.threads)
+    phase = replace(cfg, unet_steps=cfg.terminal_steps, terminal_share=cfg.terminal_phase_share, curriculum=0,
+                    warmup=10)
+    unet, text_encoder = copy.deepcopy(ema_unet), copy.deepcopy(ema_text_encoder)
+    train_diffusion(phase, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes,
+                    lambda tag: save("terminal_" + tag), log)
 
 
 # ---------------------------------------------------------------- export
@@ -508,6 +567,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--out", type=Path, default=ROOT / "models/Stable-diffusion/demo-shapes-v1.safetensors")
     ap.add_argument("--resume-vae", type=Path, help="reuse a VAE folder from an earlier run (skips phase 1)")
     ap.add_argument("--export-only", type=Path, help="only convert this diffusers folder to --out")
+    ap.add_argument("--resume-unet", type=Path,
+                    help="take phase 3's result (unet/, text_encoder/) from this folder instead of training it")
     ap.add_argument("--refine-only", type=Path,
                     help="run phase 1b alone on <work-dir>/vae_raw (in parallel with phase 3 of the same run) and "
                          "write <work-dir>/vae_refined, normalised like this folder's vae/")
@@ -586,8 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     polish = start_polish(cfg, work, args.out) if cfg.polish_steps or cfg.colour_steps else None
     log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
-    torch.manual_seed(cfg.seed + 1000)
-    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
+    if args.resume_unet:
+        unet, text_encoder = load_unet_and_text_encoder(args.resume_unet)
+    else:
+        torch.manual_seed(cfg.seed + 1000)
+        unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}
     log(f"parameters {counts}")
@@ -603,7 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         (work / "latest").symlink_to(folder.name)
         log(f"saved {folder}")
 
-    train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
+    if not args.resume_unet:
+        train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
+    if cfg.terminal_steps:
+        train_terminal_phase(cfg, ema_unet, ema_text_encoder, latents, scenes, save, log)
     save("final")
     if polish is not None:
         if polish.wait() != 0:

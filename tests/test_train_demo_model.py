@@ -1,0 +1,85 @@
+"""The demo model's training objective: loss weights, noise and the terminal-step samples (no training here)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from train_demo_model import (  # noqa: E402
+    Config, loss_weights, noised, pyramid_noise, sd_alphas_cumprod, timesteps_and_weights)
+
+AC = sd_alphas_cumprod().float()
+SNR = AC / (1 - AC)
+
+
+def test_min_snr_weights_and_x0_floor() -> None:
+    w = loss_weights(SNR, floor=0.0, gamma=5.0)
+    assert torch.allclose(w[SNR <= 5], torch.ones(int((SNR <= 5).sum())))  # epsilon loss untouched at high noise
+    assert torch.allclose(w[SNR > 5], 5.0 / SNR[SNR > 5])
+    floored = loss_weights(SNR, floor=0.5, gamma=5.0)
+    assert torch.allclose((floored * SNR)[999], torch.tensor(0.5))  # x0-space weight held at the floor
+
+
+def test_pyramid_noise_off_is_plain_white_noise_and_on_adds_low_frequencies() -> None:
+    shape = (64, 4, 16, 16)
+    white = pyramid_noise(shape, torch.Generator().manual_seed(3), 0.0)
+    assert torch.equal(white, torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    coloured = pyramid_noise(shape, torch.Generator().manual_seed(3), 0.8)
+    assert abs(coloured.std().item() - 1.0) < 1e-4
+    dc = lambda n: n.mean(dim=(2, 3)).std().item()  # noqa: E731 - spatial mean per sample and channel
+    assert dc(coloured) > 3 * dc(white)
+
+
+def test_default_recipe_draws_uniform_timesteps_only() -> None:
+    weight = loss_weights(SNR, 0.0, 5.0)
+    t, w, terminal = timesteps_and_weights(Config(), 32, torch.Generator().manual_seed(1), weight, SNR)
+    assert terminal == 0
+    assert torch.equal(t, torch.randint(0, 1000, (32,), generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(w, weight[t])
+
+
+def test_high_and_terminal_shares() -> None:
+    cfg = Config(high_t_share=0.25, high_t_from=900, terminal_share=0.25)
+    weight = loss_weights(SNR, 0.0, 5.0)
+    t, w, terminal = timesteps_and_weights(cfg, 32, torch.Generator().manual_seed(1), weight, SNR)
+    assert terminal == 8
+    assert bool((t[:8] >= 900).all()) and bool((t[-8:] == 999).all())
+    assert torch.allclose(w[:8] * SNR[t[:8]], torch.ones(8))  # x0-space weight 1 on both shares
+    assert torch.allclose(w[-8:] * SNR[999], torch.ones(8))
+
+
+def test_terminal_samples_are_pure_noise_and_their_target_denoises_to_x0() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
+    t = torch.tensor([10, 500, 999, 999])
+    x_t, target = noised(x0, noise, t, AC, terminal=2)
+    a, s = AC[t].sqrt()[:, None, None, None], (1 - AC[t]).sqrt()[:, None, None, None]
+    assert torch.allclose(x_t[:2], (a * x0 + s * noise)[:2]) and torch.equal(target[:2], noise[:2])
+    assert torch.allclose(x_t[2:], s[2:] * noise[2:])  # no trace of x0: what the sampler's first step sees
+    assert torch.allclose(((x_t - s * target) / a)[2:], x0[2:], atol=1e-4)
+
+
+def test_training_program_end_to_end_with_terminal_phase(tmp_path: Path) -> None:
+    """A miniature run of every phase writes an SD1 single file; phase 3b moves the weights on from phase 3."""
+    from safetensors.torch import load_file
+
+    import train_demo_model
+
+    out = tmp_path / "mini.safetensors"
+    tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
+            "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
+            "--unet-steps", "2", "--batch", "4", "--terminal-steps", "2", "--checkpoint-every", "1",
+            "--threads", "1"]
+    assert train_demo_model.main(["--work-dir", str(tmp_path / "run"), "--out", str(out), *tiny]) == 0
+    run = tmp_path / "run"
+    assert (run / "step00002").is_dir() and (run / "terminal_step00002").is_dir()
+    before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(run / "terminal_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(after[k], final[k]) for k in after)  # the exported weights are phase 3b's
+    state = load_file(out)
+    assert {k.split(".")[0] for k in state} == {"model", "first_stage_model", "cond_stage_model"}
+    assert all(v.dtype == torch.float16 for v in state.values())
