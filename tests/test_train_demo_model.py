@@ -1,12 +1,14 @@
 """The demo model's training objective: loss weights, noise and the terminal-step samples (no training here)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS))
 from train_demo_model import (  # noqa: E402
     Config, loss_weights, noised, pyramid_noise, sd_alphas_cumprod, timesteps_and_weights)
 
@@ -65,14 +67,14 @@ def test_training_program_end_to_end_with_terminal_phase(tmp_path: Path) -> None
     """A miniature run of every phase writes an SD1 single file; phase 3b moves the weights on from phase 3."""
     from safetensors.torch import load_file
 
-    import train_demo_model
-
     out = tmp_path / "mini.safetensors"
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
             "--unet-steps", "2", "--batch", "4", "--terminal-steps", "2", "--checkpoint-every", "1",
             "--threads", "1"]
-    assert train_demo_model.main(["--work-dir", str(tmp_path / "run"), "--out", str(out), *tiny]) == 0
+    # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
+    subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
+                    "--out", str(out), *tiny], check=True, capture_output=True, timeout=300)
     run = tmp_path / "run"
     assert (run / "step00002").is_dir() and (run / "terminal_step00002").is_dir()
     before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
