@@ -89,8 +89,8 @@ class Config:
     pyramid_noise_discount: float = 0.0
     min_snr_gamma: float = 5.0
     snr_floor: float = 0.0  # x0-space loss weight never below this (layout is decided at high noise)
-    # Share of each batch drawn from t >= high_t_from with x0-space weight >= high_t_x0_weight: at those steps x_t
-    # no longer shows the layout, so only there must position come from the prompt (docs/demo_model.md).
+    # Share of each batch drawn from t >= high_t_from with x0-space weight >= high_t_x0_weight, the steps where the
+    # layout is decided. Alone it did not teach position: x_t still shows the layout there (docs/demo_model.md).
     high_t_share: float = 0.0
     high_t_from: int = 900
     high_t_x0_weight: float = 1.0
