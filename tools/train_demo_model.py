@@ -461,7 +461,7 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, ac: torch.Ten
     s = (1 - ac[t]).sqrt()[:, None, None, None]
     x_t, target = a * x0 + s * noise, noise
     if terminal:
-        x_t, target = x_t.clone(), noise.clone()
+        target = noise.clone()  # x_t is already a fresh tensor
         x_t[-terminal:] = s[-terminal:] * noise[-terminal:]
         target[-terminal:] = noise[-terminal:] - a[-terminal:] / s[-terminal:] * x0[-terminal:]
     return x_t, target
