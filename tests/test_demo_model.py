@@ -57,9 +57,10 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("colour", ["red", "blue", "white"])
 def test_the_prompts_colour_dominates_the_image(demo, colour: str) -> None:
     # The background colour is what this model follows most reliably (see docs/demo_model.md for its figures).
+    # A green object: a black one on red tips the background to orange for most seeds (docs/demo_model.md).
     wins = 0
     for seed in SEEDS:
-        img = generate(demo, f"a small black circle in the center on a {colour} background", seed)
+        img = generate(demo, f"a small green circle in the center on a {colour} background", seed)
         hist = colour_histogram(img)
         wins += hist.most_common(1)[0][0] == colour and hist[colour] > 0.5 * img.shape[0] * img.shape[1]
     assert wins >= 2, f"{colour} covered most of the image for only {wins} of {len(SEEDS)} seeds"

@@ -1,8 +1,9 @@
-"""The demo model's training objective: loss weights, noise and the terminal-step samples (no training here)."""
+"""The demo model's training objective (loss weights, noise, terminal-step samples, learning rate) and a miniature run."""
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ import torch
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 from train_demo_model import (  # noqa: E402
-    Config, loss_weights, noised, pyramid_noise, sd_alphas_cumprod, timesteps_and_weights)
+    Config, cosine_factor, loss_weights, noised, pyramid_noise, sd_alphas_cumprod, timesteps_and_weights)
 
 AC = sd_alphas_cumprod().float()
 SNR = AC / (1 - AC)
@@ -50,6 +51,16 @@ def test_high_and_terminal_shares() -> None:
     assert bool((t[:8] >= 900).all()) and bool((t[-8:] == 999).all())
     assert torch.allclose(w[:8] * SNR[t[:8]], torch.ones(8))  # x0-space weight 1 on both shares
     assert torch.allclose(w[-8:] * SNR[999], torch.ones(8))
+    lighter = timesteps_and_weights(replace(cfg, terminal_x0_weight=0.25), 32, torch.Generator().manual_seed(1),
+                                    weight, SNR)[1]
+    assert torch.allclose(lighter[-8:] * SNR[999], torch.full((8,), 0.25))
+
+
+def test_learning_rate_factor_constant_or_cosine_to_the_end_value() -> None:
+    assert all(cosine_factor(s, 1000, 1.0) == 1.0 for s in (0, 400, 1000))  # phase 3's default: constant
+    falling = [cosine_factor(s, 1000, 0.1) for s in range(0, 1001, 50)]
+    assert falling[0] == 1.0 and abs(falling[10] - 0.55) < 1e-9 and abs(falling[-1] - 0.1) < 1e-9
+    assert all(a > b for a, b in zip(falling, falling[1:]))
 
 
 def test_terminal_samples_are_pure_noise_and_their_target_denoises_to_x0() -> None:
@@ -63,22 +74,23 @@ def test_terminal_samples_are_pure_noise_and_their_target_denoises_to_x0() -> No
     assert torch.allclose(((x_t - s * target) / a)[2:], x0[2:], atol=1e-4)
 
 
-def test_training_program_end_to_end_with_terminal_phase(tmp_path: Path) -> None:
+def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     """A miniature run of every phase writes an SD1 single file; phase 3b moves the weights on from phase 3."""
     from safetensors.torch import load_file
 
     out = tmp_path / "mini.safetensors"
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
-            "--unet-steps", "2", "--batch", "4", "--terminal-steps", "2", "--checkpoint-every", "1",
+            "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
+            "--checkpoint-every", "1",
             "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
                     "--out", str(out), *tiny], check=True, capture_output=True, timeout=300)
     run = tmp_path / "run"
-    assert (run / "step00002").is_dir() and (run / "terminal_step00002").is_dir()
+    assert (run / "step00002").is_dir() and (run / "finish_step00002").is_dir()
     before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
-    after = load_file(run / "terminal_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(run / "finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(after[k], final[k]) for k in after)  # the exported weights are phase 3b's

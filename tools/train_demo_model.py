@@ -15,6 +15,7 @@ Phases, all on CPU, reproducible from `--seed` (each phase reseeds):
    prompt instead of the initial noise), min-SNR loss weighting and a caption curriculum (background and
    position always named during the first steps, attributes dropped at random later). Constant learning rate
    and an EMA of the weights: the checkpoint of step N equals the result of `--unet-steps N`.
+   3b. The finish: from phase 3's EMA weights, a fresh optimiser whose learning rate falls along a cosine to 0.
 
 Intermediate weights are diffusers folders in `--work-dir`; the last step writes one fp16 single-file SD1
 checkpoint with `webui.engine.checkpoint_writer`.
@@ -79,7 +80,7 @@ class Config:
     unet_channels: tuple[int, ...] = (64, 96, 128)
     unet_attention_levels: int = 2  # leading levels with cross-attention (the middle block always has it)
     unet_layers_per_block: int = 1
-    unet_steps: int = 3000
+    unet_steps: int = 2000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 50
@@ -95,12 +96,17 @@ class Config:
     high_t_from: int = 900
     high_t_x0_weight: float = 1.0
     # Share of each batch trained as the sampler's first step really is: t=999 on pure noise (no x0 in x_t), with
-    # the epsilon target that denoises to x0, x0-space weight 1. The SD1 schedule keeps x0 at 0.068 in x_t there.
+    # the epsilon target that denoises to x0. The SD1 schedule keeps x0 at 0.068 in x_t there.
     terminal_share: float = 0.0
-    # Phase 3b (experimental, 0 = off): this many steps from phase 3's EMA weights with a fresh optimiser, no
-    # curriculum and terminal_share = terminal_phase_share. It makes the words move the object (docs/demo_model.md).
-    terminal_steps: int = 0
-    terminal_phase_share: float = 0.5
+    terminal_x0_weight: float = 1.0  # the terminal samples' loss weight in x0 space
+    # Phase 3b, the finish (0 = off): this many steps from phase 3's EMA weights with a fresh optimiser, no
+    # curriculum, the learning rate falling along a cosine to finish_lr_end (sharper colours and shapes than the
+    # same steps at a constant rate) and terminal_share = finish_terminal_share (an experiment: a terminal share
+    # makes the words move the object, docs/demo_model.md).
+    finish_steps: int = 1000
+    finish_terminal_share: float = 0.0
+    finish_lr_end: float = 0.0
+    lr_end: float = 1.0  # phase 3's learning rate falls along a cosine to this fraction; 1 = constant (see ema_decay)
     uncond_p: float = 0.1
     curriculum: int = 500  # UNet steps whose captions always name everything (absolute, see ema_decay)
     drop_probs: dict[str, float] = field(default_factory=lambda: {
@@ -383,6 +389,11 @@ def cosine_schedule(opt, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def cosine_factor(step: int, total: int, end: float) -> float:
+    """1 at step 0, falling along a half cosine to `end` at `total`."""
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
 class CaptionBatcher:
     """Captions for training scenes with curriculum-dependent attribute dropping and CFG dropout."""
 
@@ -450,7 +461,7 @@ def timesteps_and_weights(cfg: Config, n: int, gen: torch.Generator, weight: tor
     m = round(cfg.terminal_share * n)
     if m:
         t[n - m:] = 999
-        w[n - m:] = 1.0 / snr[999]
+        w[n - m:] = cfg.terminal_x0_weight / snr[999]
     return t, w, m
 
 
@@ -477,7 +488,8 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
     weight = loss_weights(snr, cfg.snr_floor, cfg.min_snr_gamma)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup)
+                                              * cosine_factor(step, cfg.unet_steps, cfg.lr_end))
     ema_params = list(ema_unet.parameters()) + list(ema_text_encoder.parameters())
     unet.train(), text_encoder.train()
     order = torch.randperm(len(latents), generator=gen)
@@ -512,15 +524,15 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
     unet.eval(), text_encoder.eval()
 
 
-def train_terminal_phase(cfg: Config, ema_unet, ema_text_encoder, latents: torch.Tensor, scenes: list[Scene],
-                         save, log) -> None:
-    """Phase 3b: continue from the EMA weights with a share of pure-noise t=999 samples; updates the EMA copies."""
+def train_finish_phase(cfg: Config, ema_unet, ema_text_encoder, latents: torch.Tensor, scenes: list[Scene],
+                       save, log) -> None:
+    """Phase 3b: continue from phase 3's EMA weights (see Config.finish_steps); updates the EMA copies."""
     seed_everything(cfg.seed, cfg.threads)
-    phase = replace(cfg, unet_steps=cfg.terminal_steps, terminal_share=cfg.terminal_phase_share, curriculum=0,
-                    warmup=10)
+    phase = replace(cfg, unet_steps=cfg.finish_steps, terminal_share=cfg.finish_terminal_share, curriculum=0,
+                    warmup=10, lr_end=cfg.finish_lr_end)
     unet, text_encoder = copy.deepcopy(ema_unet), copy.deepcopy(ema_text_encoder)
     train_diffusion(phase, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes,
-                    lambda tag: save("terminal_" + tag), log)
+                    lambda tag: save("finish_" + tag), log)
 
 
 # ---------------------------------------------------------------- export
@@ -669,8 +681,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.resume_unet:
         train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
-    if cfg.terminal_steps:
-        train_terminal_phase(cfg, ema_unet, ema_text_encoder, latents, scenes, save, log)
+    if cfg.finish_steps:
+        train_finish_phase(cfg, ema_unet, ema_text_encoder, latents, scenes, save, log)
     save("final")
     if polish is not None:
         if polish.wait() != 0:
