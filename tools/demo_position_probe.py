@@ -32,8 +32,9 @@ def probe(parts: dict, seed: int) -> tuple[float, list[np.ndarray]]:
         prompts = [f"a large {c} {s} in the {position} on a {b} background" for c, s, b in SCENES]
         images = sample_euler_ancestral(parts, prompts, seed=seed)
         read = [read_image(img).position for img in images]
-        hits += sum(r == position for r in read)
-        print(f"{position:>12}: {sum(r == position for r in read)}/{len(read)} read as {read}", flush=True)
+        right = sum(r == position for r in read)
+        hits += right
+        print(f"{position:>12}: {right}/{len(read)} read as {read}", flush=True)
         rows.append(np.concatenate(images, axis=1))
     return hits / (len(POSITIONS) * len(SCENES)), rows
 

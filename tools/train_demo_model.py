@@ -381,17 +381,18 @@ def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- phase 3: UNet + text encoder
 
-def cosine_schedule(opt, total: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.95 + 0.05
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def cosine_factor(step: int, total: int, end: float) -> float:
     """1 at step 0, falling along a half cosine to `end` at `total`."""
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
+def cosine_schedule(opt, total: int, warmup: int):
+    """The VAE phases' rate: a linear warm-up, then a cosine to 5% over the remaining steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return cosine_factor(step - warmup, total - warmup, 0.05)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class CaptionBatcher:
