@@ -342,11 +342,15 @@ def test_switching_checkpoint_from_the_dropdown(page, data_dir):
     assert page.errors == []
 
 
-def apply_settings(page, needle: str) -> str:
-    """Press Apply until the result shows `needle`: under load the number box's edit can reach Gradio's state
-    after the first click, which then reports "Nothing changed." (a later click sees the edit)."""
+def apply_settings(page, box, value: str, needle: str) -> str:
+    """Type `value` into `box` and press Apply until the result shows `needle`. Under load the edit can be lost:
+    it reaches Gradio's state after the click (which then reports "Nothing changed."), or the freshly shown tab
+    re-mounts the input. So each attempt types the value again and checks the page holds it before clicking."""
     attempts = 4
     for attempt in range(1, attempts + 1):
+        box.fill(value)
+        box.press("Tab")  # commit the edit before the click reads the form
+        page.wait_for_function("([e, v]) => e.value === v", arg=[box.element_handle(), value], timeout=10_000)
         page.click("#settings_submit")
         try:
             return wait_text(page, "#settings_result .html-container", needle,
@@ -361,16 +365,12 @@ def test_settings_refuse_bad_values_and_persist_good_ones(page, data_dir):
     open_tab(page, "settings")
     page.get_by_role("tab", name="Live previews").click()
     box = page.locator("#setting_show_progress_every_n_steps input")
-    box.fill("500")
-    box.press("Tab")  # commit the edit before the click reads the form
-    message = apply_settings(page, "Not saved")
+    message = apply_settings(page, box, "500", "Not saved")
     assert "show_progress_every_n_steps" in message and "between 0 and 100" in message
     config = data_dir / "config.json"
     before = json.loads(config.read_text()) if config.exists() else {}
     assert before.get("show_progress_every_n_steps") != 500
-    box.fill("3")
-    box.press("Tab")
-    apply_settings(page, "Saved 1 setting")
+    apply_settings(page, box, "3", "Saved 1 setting")
     assert json.loads(config.read_text())["show_progress_every_n_steps"] == 3
     shoot(page, "settings")
     assert page.errors == []
