@@ -94,6 +94,12 @@ def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before)
     final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(after[k], final[k]) for k in after)  # the exported weights are phase 3b's
+    weights = "diffusion_pytorch_model.safetensors"  # phases 2b/2c change the decoder only, and final/ has it
+    folded, polished = load_file(run / "vae_folded" / weights), load_file(run / "vae_polished" / weights)
+    exported = load_file(run / "final" / "vae" / weights)
+    assert all(torch.equal(polished[k], exported[k]) for k in polished)
+    assert all(torch.equal(folded[k], polished[k]) for k in folded if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(folded[k], polished[k]) for k in folded if k.startswith("decoder."))
     state = load_file(out)
     assert {k.split(".")[0] for k in state} == {"model", "first_stage_model", "cond_stage_model"}
     assert all(v.dtype == torch.float16 for v in state.values())

@@ -7,8 +7,8 @@ Phases, all on CPU, reproducible from `--seed` (each phase reseeds):
    1b. Decoder-only refinement on full-size images (encoder frozen).
 2. The training images are encoded once; the per-channel latent mean/std are folded exactly into
    `quant_conv` / `post_quant_conv` so that `latents * 0.18215` has zero mean and unit std (SD1's scaling factor).
-   2b/2c. Two more decoder-only rounds (the second adds an L1 on 4x4 block colours) run in a second 1-thread
-   process while phase 3 trains: the encoder, hence the latents, is frozen, so they do not interact.
+   2b/2c. Two more decoder-only rounds (the second adds an L1 on 4x4 block colours). The encoder, hence the
+   latents, stays frozen, so phase 3 does not depend on them.
 3. UNet (`UNet2DConditionModel`, 8-head cross-attention) and CLIP text encoder (`CLIPTextModel`, 64-dim heads,
    quick_gelu, the project's real CLIP BPE tokenizer) trained jointly with epsilon prediction on SD's
    scaled-linear 1000-step schedule, 10% empty prompts (for CFG), offset noise (so flat backgrounds follow the
@@ -30,8 +30,6 @@ import copy
 import json
 import math
 import random
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -53,7 +51,7 @@ TOKENIZER_DIR = ROOT / "webui" / "engine" / "tokenizers" / "clip"
 @dataclass
 class Config:
     seed: int = 1
-    threads: int = 2  # the UNet phase; the parallel decoder process always uses 1 (OpenMP crawls when oversubscribed)
+    threads: int = 2  # every phase runs in this one process (OpenMP crawls when two processes share the cores)
     image_size: int = 64
     # VAE
     vae_channels: tuple[int, ...] = (64, 64, 64)  # >= 2 channels per GroupNorm group keeps flat colours
@@ -64,7 +62,7 @@ class Config:
     vae_colour_weight: float = 0.0  # weight of colour_l1 in phase 1
     decoder_steps: int = 600  # phase 1b: decoder-only refinement on frozen-encoder latents
     decoder_lr: float = 1e-3
-    polish_steps: int = 300  # phase 2b: decoder-only round in the normalised space, in a parallel process
+    polish_steps: int = 300  # phase 2b: decoder-only round in the normalised space (before phase 3)
     colour_steps: int = 500  # phase 2c (same process): decoder round with the block-colour loss
     colour_lr: float = 3e-4
     # data
@@ -556,14 +554,16 @@ def export_single_file(folder: Path, out: Path) -> int:
 
 # ---------------------------------------------------------------- driver
 
-def start_polish(cfg: Config, work: Path, out: Path) -> subprocess.Popen:
-    """Phase 2b in a second 1-thread process, overlapping the UNet phase (the encoder, hence the latents, is frozen)."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--work-dir", str(work), "--out", str(out),
-            "--polish-only", str(work / "vae_folded")]
-    for name, value in asdict(cfg).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            argv += ["--" + name.replace("_", "-"), str(value if name != "threads" else 1)]
-    return subprocess.Popen(argv, stdout=open(work / "polish.log", "w"), stderr=subprocess.STDOUT)
+def polish_decoder(cfg: Config, vae, work: Path, log) -> None:
+    """Phases 2b and 2c on a normalised VAE; writes <work>/vae_polished. Only the decoder changes, so the latents
+    (and phase 3) do not depend on it. It runs before phase 3 rather than beside it: on 2 cores a second process
+    slowed phase 3 from ~22 to ~9 samples/s, which cost more than the polish saved."""
+    keep = lambda v: v.save_pretrained(work / "vae_polishing")  # noqa: E731
+    refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1, save=keep)
+    # the colour round reuses round 1's data seeds (that is how the shipped decoder was made)
+    refine_decoder(cfg, vae, log, cfg.colour_steps, round_index=1, save=keep, lr=cfg.colour_lr, colour_weight=1.0)
+    log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
+    vae.save_pretrained(work / "vae_polished")
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -583,10 +583,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--resume-unet", type=Path,
                     help="take phase 3's result (unet/, text_encoder/) from this folder instead of training it")
     ap.add_argument("--refine-only", type=Path,
-                    help="run phase 1b alone on <work-dir>/vae_raw (in parallel with phase 3 of the same run) and "
+                    help="run phase 1b alone on <work-dir>/vae_raw and "
                          "write <work-dir>/vae_refined, normalised like this folder's vae/")
     ap.add_argument("--polish-only", type=Path,
-                    help="run phase 2b alone on this normalised VAE folder and write <work-dir>/vae_polished")
+                    help="run phases 2b and 2c alone on this normalised VAE folder and write <work-dir>/vae_polished")
     defaults = Config()
     for name, value in asdict(defaults).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -619,14 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.seed, cfg.threads)  # each phase reseeds, so --resume-vae gives identical results
     from diffusers import AutoencoderKL
     if args.polish_only:
-        vae = AutoencoderKL.from_pretrained(args.polish_only)
-        keep = lambda v: v.save_pretrained(work / "vae_polishing")  # noqa: E731
-        refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1, save=keep)
-        # the colour round reuses round 1's data seeds (that is how the shipped decoder was made)
-        refine_decoder(cfg, vae, log, cfg.colour_steps, round_index=1, save=keep, lr=cfg.colour_lr,
-                       colour_weight=1.0)
-        log(f"polished vae L1: {vae_report(vae, work / 'vae_polished.png'):.4f}")
-        vae.save_pretrained(work / "vae_polished")
+        polish_decoder(cfg, AutoencoderKL.from_pretrained(args.polish_only), work, log)
         return 0
     if args.refine_only:
         vae = AutoencoderKL.from_pretrained(work / "vae_raw")
@@ -657,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"latents": latents, "scenes": scenes}, cache)
     latents = fold_latent_normalisation(vae, latents)
     vae.save_pretrained(work / "vae_folded")
-    polish = start_polish(cfg, work, args.out) if cfg.polish_steps or cfg.colour_steps else None
+    if cfg.polish_steps or cfg.colour_steps:
+        polish_decoder(cfg, vae, work, log)
     log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
     if args.resume_unet:
@@ -685,12 +679,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.finish_steps:
         train_finish_phase(cfg, ema_unet, ema_text_encoder, latents, scenes, save, log)
     save("final")
-    if polish is not None:
-        if polish.wait() != 0:
-            raise RuntimeError(f"decoder polish failed, see {work / 'polish.log'}")
-        shutil.rmtree(work / "final" / "vae")
-        shutil.copytree(work / "vae_polished", work / "final" / "vae")
-        log("final/vae = vae_polished")
     try:
         size = export_single_file(work / "final", args.out)
         log(f"wrote {args.out} ({size / 1e6:.2f} MB)")
