@@ -63,7 +63,7 @@ class Config:
     decoder_steps: int = 600  # phase 1b: decoder-only refinement on frozen-encoder latents
     decoder_lr: float = 1e-3
     polish_steps: int = 300  # phase 2b: decoder-only round in the normalised space (before phase 3)
-    colour_steps: int = 500  # phase 2c (same process): decoder round with the block-colour loss
+    colour_steps: int = 500  # phase 2c: decoder round with the block-colour loss
     colour_lr: float = 3e-4
     # data
     train_images: int = 12000
