@@ -84,6 +84,10 @@ class Config:
     warmup: int = 50
     ema_decay: float = 0.995  # constant LR + EMA: step N's weights do not depend on the planned total
     offset_noise: float = 0.3
+    # Standard deviation of the latents the UNet sees (SD's `latents * 0.18215`). Below 1 the SD1 schedule's SNR
+    # drops by its square at every step, so that x_t stops showing the layout at high noise. An experiment: at 0.25
+    # position was still not learned and colour came slower (docs/demo_model.md); 1 is the shipped recipe.
+    latent_std: float = 1.0
     # > 0: multi-resolution noise, so that the low frequencies of x_t stop telling the layout at high noise
     pyramid_noise_discount: float = 0.0
     min_snr_gamma: float = 5.0
@@ -356,14 +360,10 @@ def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Make SD's `latents * 0.18215` zero-mean/unit-std per channel by rewriting the 1x1 quant convs exactly.
-
-    New latent z' = k (z - m), k = 1 / (0.18215 std): quant_conv's mean rows are scaled/shifted and its
-    log-variance biases move by 2 log k; post_quant_conv undoes it on its input side.
-    """
-    m = latents.mean(dim=(0, 2, 3)).double()
-    k = 1.0 / (SCALE_FACTOR * latents.std(dim=(0, 2, 3)).double())
+def rewrite_latent_space(vae, k: torch.Tensor, m: torch.Tensor) -> None:
+    """Make the VAE's latent z' = k (z - m) per channel, exactly, by rewriting its 1x1 quant convs (in float64):
+    quant_conv's mean rows are scaled/shifted and its log-variance biases move by 2 log k; post_quant_conv undoes
+    it on its input side."""
     q, pq = vae.quant_conv, vae.post_quant_conv
     qw, qb = q.weight.double(), q.bias.double()
     qw[:4] *= k[:, None, None, None]
@@ -373,8 +373,25 @@ def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
     pb = pb + pw[:, :, 0, 0] @ m
     pw = pw / k[None, :, None, None]
     q.weight.copy_(qw), q.bias.copy_(qb), pq.weight.copy_(pw), pq.bias.copy_(pb)
+
+
+@torch.no_grad()
+def fold_latent_normalisation(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Make SD's `latents * 0.18215` zero-mean/unit-std per channel: k = 1 / (0.18215 std)."""
+    m = latents.mean(dim=(0, 2, 3)).double()
+    k = 1.0 / (SCALE_FACTOR * latents.std(dim=(0, 2, 3)).double())
+    rewrite_latent_space(vae, k, m)
     # What the UNet sees: the new latents times the scaling factor (zero mean, unit std).
     return ((latents.double() - m[None, :, None, None]) * k[None, :, None, None] * SCALE_FACTOR).float()
+
+
+def scale_latent_space(vae, latents: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiply the VAE's latents by `factor` (see rewrite_latent_space); returns latents x factor.
+
+    Applied after the decoder rounds, so that the decoder they train does not depend on the factor.
+    """
+    rewrite_latent_space(vae, torch.full((4,), factor, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+    return latents * factor
 
 
 # ---------------------------------------------------------------- phase 3: UNet + text encoder
@@ -652,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     vae.save_pretrained(work / "vae_folded")
     if cfg.polish_steps or cfg.colour_steps:
         polish_decoder(cfg, vae, work, log)
+    if cfg.latent_std != 1.0:
+        latents = scale_latent_space(vae, latents, cfg.latent_std)
     log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
     if args.resume_unet:
