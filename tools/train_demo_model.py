@@ -574,7 +574,7 @@ def export_single_file(folder: Path, out: Path) -> int:
 def polish_decoder(cfg: Config, vae, work: Path, log) -> None:
     """Phases 2b and 2c on a normalised VAE; writes <work>/vae_polished. Only the decoder changes, so the latents
     (and phase 3) do not depend on it. It runs before phase 3 rather than beside it: on 2 cores a second process
-    slowed phase 3 from ~22 to ~9 samples/s, which cost more than the polish saved."""
+    slowed phase 3 to 7-9 samples/s, which cost more than the polish saved."""
     keep = lambda v: v.save_pretrained(work / "vae_polishing")  # noqa: E731
     refine_decoder(cfg, vae, log, cfg.polish_steps, round_index=1, save=keep)
     # the colour round reuses round 1's data seeds (that is how the shipped decoder was made)
