@@ -95,11 +95,12 @@ def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     out = tmp_path / "mini.safetensors"
+    latent_std = 0.5
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
             "--checkpoint-every", "1",
-            "--latent-std", "0.5", "--threads", "1"]
+            "--latent-std", str(latent_std), "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
                     "--out", str(out), *tiny], check=True, capture_output=True, timeout=300)
@@ -116,9 +117,8 @@ def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     # after the decoder rounds the latent space is scaled to --latent-std: only the quant convs change
     same = [k for k in polished if not k.startswith(("quant_conv.", "post_quant_conv."))]
     assert all(torch.equal(polished[k], exported[k]) for k in same)
-    scale = 0.5
-    assert torch.allclose(exported["quant_conv.weight"][:4], scale * polished["quant_conv.weight"][:4])
-    assert torch.allclose(exported["post_quant_conv.weight"], polished["post_quant_conv.weight"] / scale)
+    assert torch.allclose(exported["quant_conv.weight"][:4], latent_std * polished["quant_conv.weight"][:4])
+    assert torch.allclose(exported["post_quant_conv.weight"], polished["post_quant_conv.weight"] / latent_std)
     assert all(torch.equal(folded[k], polished[k]) for k in folded if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(folded[k], polished[k]) for k in folded if k.startswith("decoder."))
     state = load_file(out)
