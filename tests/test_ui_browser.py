@@ -346,11 +346,19 @@ def apply_settings(page, box, value: str, needle: str) -> str:
     """Type `value` into `box` and press Apply until the result shows `needle`. Under load the edit can be lost:
     it reaches Gradio's state after the click (which then reports "Nothing changed."), or the freshly shown tab
     re-mounts the input. So each attempt types the value again and checks the page holds it before clicking."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     attempts = 4
     for attempt in range(1, attempts + 1):
         box.fill(value)
         box.press("Tab")  # commit the edit before the click reads the form
-        page.wait_for_function("([e, v]) => e.value === v", arg=[box.element_handle(), value], timeout=10_000)
+        try:  # a fresh handle each time: a re-mount between the edit and this check detaches the old input
+            page.wait_for_function("([e, v]) => e.isConnected && e.value === v", arg=[box.element_handle(), value],
+                                   timeout=10_000)
+        except PlaywrightTimeout:
+            if attempt == attempts:
+                raise
+            continue
         page.click("#settings_submit")
         try:
             return wait_text(page, "#settings_result .html-container", needle,
