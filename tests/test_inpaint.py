@@ -310,19 +310,17 @@ def test_inpaint_outpaint_depth_tabs_in_the_browser(tmp_path):
                 return page.inner_text(selector)
 
             open_tab("inpaint")
+            # Gradio's editor builds its canvas asynchronously; a file given before that breaks the editor for
+            # good (a page error on `reset_layers`), which a busy machine made likely
+            page.wait_for_selector("#img2maskimg canvas", timeout=60_000)
             page.locator("#img2maskimg input[type=file]").first.set_input_files(str(pic))
-            time.sleep(1)
             for elem_id, value in (("inpaint_steps", 2), ("inpaint_width", 64), ("inpaint_height", 64)):
                 number(elem_id, value)
             # the upload finishes asynchronously; until the editor holds the picture, Generate says so
             # (Gradio does not re-render an unchanged message, so retries poll the text instead of awaiting a change)
             deadline = time.time() + 90
             message = generate("inpaint")
-            attempt = 0
             while "drop a picture" in message and time.time() < deadline:
-                attempt += 1
-                if attempt % 5 == 0:   # an upload the editor dropped (seen on a busy machine): give it again
-                    page.locator("#img2maskimg input[type=file]").first.set_input_files(str(pic))
                 time.sleep(2)
                 page.click("#inpaint_generate")
                 time.sleep(2)
