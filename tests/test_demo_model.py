@@ -127,3 +127,31 @@ def test_inpainting_changes_only_the_masked_region(demo) -> None:
         diff = np.abs(out.astype(np.int16) - source.astype(np.int16)).max(-1)
         assert diff[~inside].max() <= 2, "pixels outside the mask must stay as they were"
         assert (diff[inside] > 30).mean() > 0.05, "the masked region must be repainted"
+
+
+def test_swapping_one_caption_word_changes_only_that_attribute() -> None:
+    import random
+
+    from demo_word_probe import ATTRIBUTES, swapped
+
+    scene = Scene("red", "circle", "large", "blue", ("top left",))
+    rng = random.Random(0)
+    for attribute in ATTRIBUTES:
+        for _ in range(20):
+            other = swapped(scene, attribute, rng)
+            changed = {k for k in ("colour", "shape", "background", "positions")
+                       if getattr(other, k) != getattr(scene, k)}
+            assert changed == {"positions" if attribute == "position" else attribute}
+            assert other.colour != other.background
+
+
+def test_word_probe_finds_the_words_the_model_follows() -> None:
+    """The demo model follows background and colour words (see the eval), so swapping them must cost x0 error."""
+    import torch
+
+    from demo_word_probe import load_model, probe
+
+    torch.set_num_threads(2)
+    table = probe(load_model(DEMO), 16, 7)
+    assert table["background"][500] > 3.0
+    assert table["colour"][700] > 1.1

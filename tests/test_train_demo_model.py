@@ -11,8 +11,8 @@ import torch
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 from train_demo_model import (  # noqa: E402
-    Config, build_vae, cosine_factor, loss_weights, noised, pyramid_noise, scale_latent_space, sd_alphas_cumprod,
-    timesteps_and_weights)
+    Config, build_vae, cosine_factor, foreground_masks, loss_weights, noised, object_masks, per_sample_loss,
+    pyramid_noise, scale_latent_space, sd_alphas_cumprod, timesteps_and_weights)
 
 AC = sd_alphas_cumprod().float()
 SNR = AC / (1 - AC)
@@ -90,8 +90,48 @@ def test_scaling_the_latent_space_is_exact_and_leaves_the_round_trip_alone() -> 
         assert torch.allclose(vae.decode(after.mode()).sample, decoded, atol=1e-5)
 
 
-def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
-    """A miniature run of every phase writes an SD1 single file; phase 3b moves the weights on from phase 3."""
+def test_object_masks_cover_the_objects_and_a_one_pixel_ring() -> None:
+    import numpy as np
+    from shapes_dataset import COLOURS, ShapesSampler
+
+    cfg = Config(train_images=300)
+    sampler = ShapesSampler(cfg.seed + 200, 64, p_two=cfg.p_two)
+    drawn = [sampler.batch(256), sampler.batch(44)]  # encode_dataset's draw, in its chunks of 256
+    imgs, scenes = np.concatenate([d[0] for d in drawn]), drawn[0][2] + drawn[1][2]
+    masks = object_masks(cfg, frozenset(), scenes, 4)
+    assert masks.shape == (300, 16, 16) and set(masks.unique().tolist()) == {0.0, 1.0}
+    for img, scene, mask in zip(imgs, scenes, masks):
+        differs = np.abs(img.astype(int) - COLOURS[scene.background]).max(axis=-1) > 8
+        blocks = torch.from_numpy(differs.reshape(16, 4, 16, 4).any(axis=(1, 3)))
+        assert bool(mask[blocks].eq(1).all())  # every latent pixel an object touches
+        ring = torch.nn.functional.max_pool2d(blocks[None, None].float(), 3, 1, 1)[0, 0].bool()
+        assert torch.equal(mask.bool(), ring)  # and exactly one pixel around it
+    assert 0.1 < masks.mean().item() < 0.5
+    try:
+        object_masks(cfg, frozenset(), scenes[::-1], 4)
+    except ValueError as e:
+        assert "latent cache" in str(e)
+    else:
+        raise AssertionError("a cache from other scenes was accepted")
+
+
+def test_foreground_weight_raises_the_objects_share_of_the_loss() -> None:
+    pred, target = torch.zeros(2, 4, 16, 16), torch.zeros(2, 4, 16, 16)
+    target[:, :, :4, :4] = 1.0  # the error sits on the object only
+    masks = torch.zeros(2, 16, 16)
+    masks[:, :4, :4] = 1
+    plain = per_sample_loss(pred, target, None, 0.0)
+    assert torch.allclose(plain, torch.full((2,), 16 / 256))
+    assert torch.allclose(per_sample_loss(pred, target, masks, 0.0), plain)
+    weighted = per_sample_loss(pred, target, masks, 9.0)
+    assert torch.allclose(weighted, torch.full((2,), 16 * 10 / (16 * 10 + 240)))  # weighted mean of the errors
+    late = foreground_masks(Config(foreground_max_t=500), masks, torch.tensor([499, 500]))
+    assert torch.equal(late[0], masks[0]) and not late[1].any()  # no weight where the layout is still open
+    assert torch.allclose(per_sample_loss(pred, target, late, 9.0), torch.stack([weighted[0], plain[1]]))
+
+
+def test_training_program_end_to_end_with_finish_and_object_polish(tmp_path: Path) -> None:
+    """A miniature run of every phase writes an SD1 single file; phases 3b and 3c each move the weights on."""
     from safetensors.torch import load_file
 
     out = tmp_path / "mini.safetensors"
@@ -99,7 +139,7 @@ def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
-            "--checkpoint-every", "1",
+            "--checkpoint-every", "1", "--unet-polish-steps", "2", "--foreground-weight", "3", "--foreground-max-t", "600",
             "--latent-std", str(latent_std), "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
@@ -109,8 +149,10 @@ def test_training_program_end_to_end_with_finish_phase(tmp_path: Path) -> None:
     before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(run / "finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    object_polished = load_file(run / "polish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(after[k], object_polished[k]) for k in after)  # phase 3c moves them on again
     final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(after[k], final[k]) for k in after)  # the exported weights are phase 3b's
+    assert all(torch.equal(object_polished[k], final[k]) for k in object_polished)  # the exported weights: 3c's
     weights = "diffusion_pytorch_model.safetensors"  # phases 2b/2c change the decoder only, and final/ has it
     folded, polished = load_file(run / "vae_folded" / weights), load_file(run / "vae_polished" / weights)
     exported = load_file(run / "final" / "vae" / weights)

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_demo_model import read_image  # noqa: E402
 from shapes_dataset import POSITIONS  # noqa: E402
-from train_demo_model import load_components, sample_euler_ancestral  # noqa: E402
+from train_demo_model import load_model, sample_euler_ancestral  # noqa: E402
 
 SCENES = [("red", "square", "white"), ("blue", "circle", "yellow"), ("yellow", "triangle", "blue"),
           ("white", "square", "black"), ("green", "circle", "white"), ("orange", "triangle", "purple"),
@@ -41,13 +41,14 @@ def probe(parts: dict, seed: int) -> tuple[float, list[np.ndarray]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", type=Path, help="a diffusers folder (unet/, text_encoder/, vae/)")
+    ap.add_argument("folder", type=Path,
+                    help="a diffusers folder (unet/, text_encoder/, vae/) or a single-file checkpoint")
     ap.add_argument("--vae", type=Path, help="decode with this VAE folder instead (e.g. the polished decoder)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--grid", type=Path, help="write the images: one row per position")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    parts = load_components(args.folder)
+    parts = load_model(args.folder)
     if args.vae:
         from diffusers import AutoencoderKL
         parts["vae"] = AutoencoderKL.from_pretrained(args.vae).eval()

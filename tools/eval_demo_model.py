@@ -165,7 +165,7 @@ def accuracies(scores: list[dict[str, bool | None]]) -> dict[str, float]:
 Generator = Callable[[str, int], np.ndarray]
 
 
-def engine_generator(model: Path, steps: int, cfg: float, size: int) -> Generator:
+def engine_generator(model: Path, steps: int, cfg: float, size: int, sampler: str = "Euler a") -> Generator:
     from webui.engine.engine import Engine
     from webui.engine.params import GenerationParams
 
@@ -173,7 +173,7 @@ def engine_generator(model: Path, steps: int, cfg: float, size: int) -> Generato
     engine.load_checkpoint(model)
 
     def generate(prompt: str, seed: int) -> np.ndarray:
-        params = GenerationParams(prompt=prompt, negative_prompt="", steps=steps, sampler_name="Euler a",
+        params = GenerationParams(prompt=prompt, negative_prompt="", steps=steps, sampler_name=sampler,
                                   cfg_scale=cfg, width=size, height=size, seed=seed)
         return np.asarray(engine.txt2img(params).images[0].convert("RGB"))
 
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sampler", default="Euler a", help="engine sampler name (the bar is measured with Euler a)")
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
@@ -293,8 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         generate = ground_truth_generator(args.model if args.vae_roundtrip else None, scenes, args.size)
         kind = "vae-roundtrip" if args.vae_roundtrip else "ground-truth"
     else:
-        make = private_generator if args.private_loop else engine_generator
-        generate = make(args.model, args.steps, args.cfg, args.size)
+        if args.private_loop:
+            if args.sampler != "Euler a":
+                ap.error("--private-loop has only Euler a")
+            generate = private_generator(args.model, args.steps, args.cfg, args.size)
+        else:
+            generate = engine_generator(args.model, args.steps, args.cfg, args.size, args.sampler)
         kind = "private-loop" if args.private_loop else "engine"
     t0 = time.time()
     rows, images = evaluate(generate, scenes, args.seed)
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
              for a in ("colour", "background", "shape")}
     print("misread (expected -> read counts):", json.dumps(wrong))
     report = {"model": str(args.model), "generator": kind,
-              "sampler": "Euler a", "steps": args.steps, "cfg_scale": args.cfg, "size": args.size,
+              "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg, "size": args.size,
               "threads": args.threads, "prompts": len(rows), "seconds_per_image": seconds / len(rows),
               "accuracy": acc, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
