@@ -155,3 +155,17 @@ def test_word_probe_finds_the_words_the_model_follows() -> None:
     table = probe(load_model(DEMO), 16, 7)
     assert table["background"][500] > 3.0
     assert table["colour"][700] > 1.1
+
+
+def test_eval_program_img2img_from_the_rendered_scenes_keeps_their_layout(tmp_path) -> None:
+    """`eval_demo_model.py --img2img 0.3` starts from each held-out scene: at low strength the layout survives."""
+    import json
+
+    from eval_demo_model import main
+
+    out = tmp_path / "eval.json"
+    assert main(["--model", str(DEMO), "--img2img", "0.3", "--prompts", "6", "--json", str(out),
+                 "--grid", str(tmp_path / "grid.png")]) == 0
+    report = json.loads(out.read_text())
+    assert report["generator"] == "engine img2img 0.3" and report["prompts"] == 6
+    assert report["accuracy"]["background"] == 1.0 and report["accuracy"]["count"] >= 5 / 6

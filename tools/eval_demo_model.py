@@ -165,7 +165,11 @@ def accuracies(scores: list[dict[str, bool | None]]) -> dict[str, float]:
 Generator = Callable[[str, int], np.ndarray]
 
 
-def engine_generator(model: Path, steps: int, cfg: float, size: int, sampler: str = "Euler a") -> Generator:
+def engine_generator(model: Path, steps: int, cfg: float, size: int, sampler: str = "Euler a",
+                     init: Generator | None = None, strength: float = 0.75) -> Generator:
+    """txt2img through the engine; with `init` (prompt, seed -> image), img2img from that image at `strength`."""
+    from PIL import Image
+
     from webui.engine.engine import Engine
     from webui.engine.params import GenerationParams
 
@@ -175,7 +179,10 @@ def engine_generator(model: Path, steps: int, cfg: float, size: int, sampler: st
     def generate(prompt: str, seed: int) -> np.ndarray:
         params = GenerationParams(prompt=prompt, negative_prompt="", steps=steps, sampler_name=sampler,
                                   cfg_scale=cfg, width=size, height=size, seed=seed)
-        return np.asarray(engine.txt2img(params).images[0].convert("RGB"))
+        if init is None:
+            return np.asarray(engine.txt2img(params).images[0].convert("RGB"))
+        params.init_images, params.denoising_strength = [Image.fromarray(init(prompt, seed))], strength
+        return np.asarray(engine.img2img(params).images[0].convert("RGB"))
 
     return generate
 
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--sampler", default="Euler a", help="engine sampler name (the bar is measured with Euler a)")
+    ap.add_argument("--img2img", type=float, metavar="STRENGTH",
+                    help="img2img from each rendered scene at this strength: which steps lose an attribute")
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
@@ -295,12 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         kind = "vae-roundtrip" if args.vae_roundtrip else "ground-truth"
     else:
         if args.private_loop:
-            if args.sampler != "Euler a":
-                ap.error("--private-loop has only Euler a")
+            if args.sampler != "Euler a" or args.img2img is not None:
+                ap.error("--private-loop has only txt2img with Euler a")
             generate = private_generator(args.model, args.steps, args.cfg, args.size)
         else:
-            generate = engine_generator(args.model, args.steps, args.cfg, args.size, args.sampler)
+            init = ground_truth_generator(None, scenes, args.size) if args.img2img is not None else None
+            generate = engine_generator(args.model, args.steps, args.cfg, args.size, args.sampler, init,
+                                        args.img2img or 0.0)
         kind = "private-loop" if args.private_loop else "engine"
+        if args.img2img is not None:
+            kind += f" img2img {args.img2img}"
     t0 = time.time()
     rows, images = evaluate(generate, scenes, args.seed)
     seconds = time.time() - t0
