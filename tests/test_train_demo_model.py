@@ -130,7 +130,7 @@ def test_foreground_weight_raises_the_objects_share_of_the_loss() -> None:
     assert torch.allclose(per_sample_loss(pred, target, late, 9.0), torch.stack([weighted[0], plain[1]]))
 
 
-def test_training_program_end_to_end_with_finish_and_object_polish(tmp_path: Path) -> None:
+def test_training_program_end_to_end_with_both_finishes(tmp_path: Path) -> None:
     """A miniature run of every phase writes an SD1 single file; phases 3b and 3c each move the weights on."""
     from safetensors.torch import load_file
 
@@ -139,7 +139,8 @@ def test_training_program_end_to_end_with_finish_and_object_polish(tmp_path: Pat
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
-            "--checkpoint-every", "1", "--unet-polish-steps", "2", "--foreground-weight", "3", "--foreground-max-t", "600",
+            "--checkpoint-every", "1", "--second-finish-steps", "2", "--foreground-weight", "3",
+            "--foreground-max-t", "600",
             "--latent-std", str(latent_std), "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
@@ -149,10 +150,10 @@ def test_training_program_end_to_end_with_finish_and_object_polish(tmp_path: Pat
     before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(run / "finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    object_polished = load_file(run / "polish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert any(not torch.equal(after[k], object_polished[k]) for k in after)  # phase 3c moves them on again
+    second_finished = load_file(run / "second_finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(after[k], second_finished[k]) for k in after)  # phase 3c moves them on again
     final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(object_polished[k], final[k]) for k in object_polished)  # the exported weights: 3c's
+    assert all(torch.equal(second_finished[k], final[k]) for k in second_finished)  # the exported weights: 3c's
     weights = "diffusion_pytorch_model.safetensors"  # phases 2b/2c change the decoder only, and final/ has it
     folded, polished = load_file(run / "vae_folded" / weights), load_file(run / "vae_polished" / weights)
     exported = load_file(run / "final" / "vae" / weights)

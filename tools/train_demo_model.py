@@ -111,10 +111,10 @@ class Config:
     finish_terminal_share: float = 0.0
     finish_lr_end: float = 0.0
     # Phase 3c, the second finish (0 = off): this many steps from phase 3b's EMA weights with a fresh optimiser whose
-    # rate falls from the lower unet_polish_lr to 0. It raised shape from 0.36-0.39 to 0.44 and count from
+    # rate falls from the lower second_finish_lr to 0. It raised shape from 0.36-0.39 to 0.44 and count from
     # 0.75-0.78 to 0.84-0.86 (docs/demo_model.md, "Shape").
-    unet_polish_steps: int = 600
-    unet_polish_lr: float = 3e-4
+    second_finish_steps: int = 600
+    second_finish_lr: float = 3e-4
     # An experiment in phase 3c, off by default: extra loss weight on the latent pixels at and next to an object.
     # It bought ~0.04 colour at a cost in count, even when applied only below foreground_max_t (at high noise it
     # makes a missed object cost more than a spurious one, and the model hedges with extra objects).
@@ -379,11 +379,17 @@ def copy_latent_normalisation(raw, folded, target) -> None:
 # ---------------------------------------------------------------- phase 2: latents
 
 @torch.no_grad()
-def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Tensor, list[Scene]]:
+def training_batches(cfg: Config, held_out: frozenset):
+    """The UNet's training images and scenes, in chunks of 256 (the chunking is part of the draw order)."""
     sampler = ShapesSampler(cfg.seed + 200, cfg.image_size, held_out=held_out, p_two=cfg.p_two)
-    chunks, scenes = [], []
     for start in range(0, cfg.train_images, 256):
-        imgs, _, sc = sampler.batch(min(256, cfg.train_images - start))
+        imgs, _, scenes = sampler.batch(min(256, cfg.train_images - start))
+        yield imgs, scenes
+
+
+def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Tensor, list[Scene]]:
+    chunks, scenes = [], []
+    for imgs, sc in training_batches(cfg, held_out):
         chunks.append(vae.encode(to_tensor(imgs)).latent_dist.mode())
         scenes += sc
     log(f"encoded {len(scenes)} training images")
@@ -393,10 +399,8 @@ def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Te
 def object_masks(cfg: Config, held_out: frozenset, scenes: list[Scene], factor: int) -> torch.Tensor:
     """(n, h, w) 0/1 masks of the latent pixels that touch an object, one pixel wider, for encode_dataset's
     images: they are rendered again from the same seed (cheap), so the latent cache needs no masks."""
-    sampler = ShapesSampler(cfg.seed + 200, cfg.image_size, held_out=held_out, p_two=cfg.p_two)
     chunks, again = [], []
-    for start in range(0, len(scenes), 256):
-        imgs, _, sc = sampler.batch(min(256, len(scenes) - start))
+    for imgs, sc in training_batches(cfg, held_out):
         bg = torch.tensor([COLOURS[s.background] for s in sc])[:, None, None, :]
         pixels = (torch.from_numpy(imgs).int() - bg).abs().amax(dim=-1).gt(8).float()[:, None]
         blocks = F.max_pool2d(pixels, factor)
@@ -612,9 +616,9 @@ def finish_config(cfg: Config) -> Config:
 
 
 def second_finish_config(cfg: Config) -> Config:
-    """Phase 3c (Config.unet_polish_steps)."""
-    return replace(cfg, unet_steps=cfg.unet_polish_steps, lr=cfg.unet_polish_lr, terminal_share=0.0, curriculum=0,
-                   warmup=10, lr_end=0.0)
+    """Phase 3c (Config.second_finish_steps)."""
+    return replace(cfg, unet_steps=cfg.second_finish_steps, lr=cfg.second_finish_lr, terminal_share=0.0,
+                   curriculum=0, warmup=10, lr_end=0.0)
 
 
 def continue_training(cfg: Config, phase: Config, tag: str, ema_unet, ema_text_encoder, latents: torch.Tensor,
@@ -776,10 +780,10 @@ def main(argv: list[str] | None = None) -> int:
                         scenes, save, log)
     if cfg.finish_steps:
         continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log)
-    if cfg.unet_polish_steps:
+    if cfg.second_finish_steps:
         masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight else None
-        continue_training(cfg, second_finish_config(cfg), "polish_", ema_unet, ema_text_encoder, latents, scenes,
-                          save, log, masks)
+        continue_training(cfg, second_finish_config(cfg), "second_finish_", ema_unet, ema_text_encoder, latents,
+                          scenes, save, log, masks)
     save("final")
     try:
         size = export_single_file(work / "final", args.out)
