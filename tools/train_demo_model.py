@@ -563,8 +563,8 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tenso
 
 def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder, latents: torch.Tensor,
                     scenes: list[Scene], save, log, masks: torch.Tensor | None = None) -> None:
-    """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints. `masks`
-    (object_masks) are needed when cfg.foreground_weight > 0."""
+    """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints. With `masks`
+    (object_masks) the loss weighs the objects by cfg.foreground_weight."""
     captions = CaptionBatcher(cfg, load_tokenizer())
     gen = torch.Generator().manual_seed(cfg.seed + 400)
     ac = sd_alphas_cumprod().float()
@@ -590,7 +590,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
         t, w, terminal = timesteps_and_weights(cfg, x0.shape[0], gen, weight, snr)
         x_t, target = noised(x0, noise, t, ac, terminal)
         pred = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
-        fg = foreground_masks(cfg, masks[idx], t) if cfg.foreground_weight else None
+        fg = foreground_masks(cfg, masks[idx], t) if masks is not None else None
         loss = per_sample_loss(pred, target, fg, cfg.foreground_weight).mul(w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -612,7 +612,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
 def finish_config(cfg: Config) -> Config:
     """Phase 3b (Config.finish_steps)."""
     return replace(cfg, unet_steps=cfg.finish_steps, terminal_share=cfg.finish_terminal_share, curriculum=0,
-                   warmup=10, lr_end=cfg.finish_lr_end, foreground_weight=0.0)
+                   warmup=10, lr_end=cfg.finish_lr_end)
 
 
 def second_finish_config(cfg: Config) -> Config:
@@ -755,8 +755,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"UNet-space latents {tuple(latents.shape)} mean {latents.mean().item():.3f} std {latents.std().item():.3f}")
 
     if args.resume_unet:
-        resumed = load_model(args.resume_unet)
-        unet, text_encoder = resumed["unet"], resumed["text_encoder"]
+        if args.resume_unet.is_file():
+            resumed = load_single_file(args.resume_unet)
+            unet, text_encoder = resumed["unet"], resumed["text_encoder"]
+        else:
+            unet, text_encoder = load_unet_and_text_encoder(args.resume_unet)
     else:
         torch.manual_seed(cfg.seed + 1000)
         unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
@@ -776,8 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"saved {folder}")
 
     if not args.resume_unet:
-        train_diffusion(replace(cfg, foreground_weight=0.0), unet, text_encoder, ema_unet, ema_text_encoder, latents,
-                        scenes, save, log)
+        train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
     if cfg.finish_steps:
         continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log)
     if cfg.second_finish_steps:
