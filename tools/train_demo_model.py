@@ -378,7 +378,6 @@ def copy_latent_normalisation(raw, folded, target) -> None:
 
 # ---------------------------------------------------------------- phase 2: latents
 
-@torch.no_grad()
 def training_batches(cfg: Config, held_out: frozenset):
     """The UNet's training images and scenes, in chunks of 256 (the chunking is part of the draw order)."""
     sampler = ShapesSampler(cfg.seed + 200, cfg.image_size, held_out=held_out, p_two=cfg.p_two)
@@ -387,6 +386,7 @@ def training_batches(cfg: Config, held_out: frozenset):
         yield imgs, scenes
 
 
+@torch.no_grad()  # without it autograd keeps every chunk's graph: 12,000 images took 24 GB and the OOM killer
 def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Tensor, list[Scene]]:
     chunks, scenes = [], []
     for imgs, sc in training_batches(cfg, held_out):
