@@ -11,8 +11,8 @@ import torch
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 from train_demo_model import (  # noqa: E402
-    Config, build_vae, cosine_factor, encode_dataset, foreground_masks, loss_weights, noised, object_masks,
-    per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod, timesteps_and_weights)
+    Config, anneal_config, build_vae, cosine_factor, encode_dataset, foreground_masks, loss_weights, noised,
+    object_masks, per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod, timesteps_and_weights)
 
 AC = sd_alphas_cumprod().float()
 SNR = AC / (1 - AC)
@@ -90,6 +90,21 @@ def test_scaling_the_latent_space_is_exact_and_leaves_the_round_trip_alone() -> 
         assert torch.allclose(vae.decode(after.mode()).sample, decoded, atol=1e-5)
 
 
+def test_each_anneal_takes_its_rate_and_replays_or_draws_fresh_batches() -> None:
+    cfg = Config(terminal_share=0.5, curriculum=500)
+    assert cfg.anneal_lrs == (3e-4, 1e-4, 1e-4) and cfg.anneal_seed_offsets == (0, 0, 1000)
+    anneals = [anneal_config(cfg, i) for i in (1, 2, 3)]
+    assert [a.lr for a in anneals] == [3e-4, 1e-4, 1e-4] and anneals[0].unet_steps == cfg.anneal_steps
+    assert anneals[0].terminal_share == 0 and anneals[0].curriculum == 0 and anneals[0].lr_end == 0
+    assert [a.seed for a in anneals] == [cfg.seed, cfg.seed, cfg.seed + 1000]  # 3c and 3d replay phase 3's batches
+    try:
+        replace(cfg, anneal_lrs=(3e-4,))
+    except ValueError as e:
+        assert "one entry per anneal" in str(e)
+    else:
+        raise AssertionError("an anneal without a seed offset was accepted")
+
+
 def test_encoding_the_dataset_keeps_no_autograd_graph() -> None:
     """The encoder's weights require grad; a graph kept per chunk made the 12,000-image encode take 24 GB."""
     cfg = Config(vae_channels=(32, 32, 32), train_images=300)
@@ -140,8 +155,8 @@ def test_foreground_weight_raises_the_objects_share_of_the_loss() -> None:
     assert torch.allclose(per_sample_loss(pred, target, late, 9.0), torch.stack([weighted[0], plain[1]]))
 
 
-def test_training_program_end_to_end_with_both_finishes(tmp_path: Path) -> None:
-    """A miniature run of every phase writes an SD1 single file; phases 3b and 3c each move the weights on."""
+def test_training_program_end_to_end_with_the_finish_and_anneals(tmp_path: Path) -> None:
+    """A miniature run of every phase writes an SD1 single file; phases 3b, 3c and 3d each move the weights on."""
     from safetensors.torch import load_file
 
     out = tmp_path / "mini.safetensors"
@@ -149,8 +164,8 @@ def test_training_program_end_to_end_with_both_finishes(tmp_path: Path) -> None:
     tiny = ["--vae-channels", "32,32,32", "--unet-channels", "32,32,32", "--vae-steps", "2", "--vae-batch", "2",
             "--decoder-steps", "1", "--polish-steps", "1", "--colour-steps", "1", "--train-images", "40",
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
-            "--checkpoint-every", "1", "--second-finish-steps", "2", "--foreground-weight", "3",
-            "--foreground-max-t", "600",
+            "--checkpoint-every", "1", "--anneal-steps", "2", "--anneal-lrs", "3e-4,1e-4",
+            "--anneal-seed-offsets", "0,7", "--foreground-weight", "3", "--foreground-max-t", "600",
             "--latent-std", str(latent_std), "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
@@ -160,10 +175,13 @@ def test_training_program_end_to_end_with_both_finishes(tmp_path: Path) -> None:
     before = load_file(run / "step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(run / "finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    second_finished = load_file(run / "second_finish_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert any(not torch.equal(after[k], second_finished[k]) for k in after)  # phase 3c moves them on again
+    annealed = [load_file(run / f"anneal{i}_step00002" / "unet" / "diffusion_pytorch_model.safetensors")
+                for i in (1, 2)]
+    assert any(not torch.equal(after[k], annealed[0][k]) for k in after)  # phase 3c moves them on again
+    assert any(not torch.equal(annealed[0][k], annealed[1][k]) for k in after)  # and so does phase 3d
+    assert not (run / "anneal3_step00002").exists()  # one anneal per rate
     final = load_file(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(second_finished[k], final[k]) for k in second_finished)  # the exported weights: 3c's
+    assert all(torch.equal(annealed[1][k], final[k]) for k in final)  # the exported weights: the last anneal's
     weights = "diffusion_pytorch_model.safetensors"  # phases 2b/2c change the decoder only, and final/ has it
     folded, polished = load_file(run / "vae_folded" / weights), load_file(run / "vae_polished" / weights)
     exported = load_file(run / "final" / "vae" / weights)

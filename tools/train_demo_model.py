@@ -16,8 +16,9 @@ Phases, all on CPU, reproducible from `--seed` (each phase reseeds):
    position always named during the first steps, attributes dropped at random later). Constant learning rate
    and an EMA of the weights: the checkpoint of step N equals the result of `--unet-steps N`.
    3b. The finish: from phase 3's EMA weights, a fresh optimiser whose learning rate falls along a cosine to 0.
-   3c. The second finish: from phase 3b's EMA weights, 600 more steps with a fresh optimiser at a lower rate
-   (3e-4) falling to 0. Shape and count rise.
+   3c/3d/3e. The anneals: from the EMA weights so far, 600 more steps each with a fresh optimiser whose rate
+   falls to 0 from a lower start (3e-4, 1e-4, 1e-4); the last draws fresh batches. Shape rises with 3c and 3d,
+   count with 3c, colour with 3e.
 
 Intermediate weights are diffusers folders in `--work-dir`; the last step writes one fp16 single-file SD1
 checkpoint with `webui.engine.checkpoint_writer`.
@@ -110,12 +111,15 @@ class Config:
     finish_steps: int = 1000
     finish_terminal_share: float = 0.0
     finish_lr_end: float = 0.0
-    # Phase 3c, the second finish (0 = off): this many steps from phase 3b's EMA weights with a fresh optimiser whose
-    # rate falls from the lower second_finish_lr to 0. It raised shape from 0.36-0.39 to 0.44 and count from
-    # 0.75-0.78 to 0.84-0.86 (docs/demo_model.md, "Shape").
-    second_finish_steps: int = 600
-    second_finish_lr: float = 3e-4
-    # An experiment in phase 3c, off by default: extra loss weight on the latent pixels at and next to an object.
+    # Phases 3c, 3d, 3e: the anneals, one per entry of anneal_lrs (none if anneal_steps = 0). Each runs
+    # anneal_steps steps from the EMA weights so far with a fresh optimiser whose rate falls along a cosine from its
+    # entry to 0, drawing its batches from seed + its entry of anneal_seed_offsets (0 replays phase 3's first
+    # batches). Shape rose from 0.36-0.39 after 3b to 0.44 (3c) and 0.52 (3d); count rose in 3c to 0.84-0.86; the
+    # third, on fresh batches, raised colour from 0.75-0.80 to 0.86-0.92 (docs/demo_model.md, "Shape").
+    anneal_steps: int = 600
+    anneal_lrs: tuple[float, ...] = (3e-4, 1e-4, 1e-4)
+    anneal_seed_offsets: tuple[int, ...] = (0, 0, 1000)
+    # An experiment in the anneals, off by default: extra loss weight on the latent pixels at and next to an object.
     # It bought ~0.04 colour at a cost in count, even when applied only below foreground_max_t (at high noise it
     # makes a missed object cost more than a spurious one, and the model hedges with extra objects).
     foreground_weight: float = 0.0
@@ -127,6 +131,11 @@ class Config:
         "size": 0.5, "colour": 0.15, "shape": 0.15, "position": 0.25, "background": 0.25})
     early_drop_probs: dict[str, float] = field(default_factory=lambda: {"size": 0.3})
     checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if len(self.anneal_seed_offsets) != len(self.anneal_lrs):
+            raise ValueError(f"--anneal-lrs {self.anneal_lrs} and --anneal-seed-offsets {self.anneal_seed_offsets} "
+                             "need one entry per anneal")
 
 
 # ---------------------------------------------------------------- model construction
@@ -615,16 +624,18 @@ def finish_config(cfg: Config) -> Config:
                    warmup=10, lr_end=cfg.finish_lr_end)
 
 
-def second_finish_config(cfg: Config) -> Config:
-    """Phase 3c (Config.second_finish_steps)."""
-    return replace(cfg, unet_steps=cfg.second_finish_steps, lr=cfg.second_finish_lr, terminal_share=0.0,
+def anneal_config(cfg: Config, index: int) -> Config:
+    """Phase 3c (index 1), 3d (2), ... (Config.anneal_lrs, Config.anneal_seed_offsets)."""
+    return replace(cfg, unet_steps=cfg.anneal_steps, lr=cfg.anneal_lrs[index - 1], terminal_share=0.0,
+                   seed=cfg.seed + cfg.anneal_seed_offsets[index - 1],
                    curriculum=0, warmup=10, lr_end=0.0)
 
 
 def continue_training(cfg: Config, phase: Config, tag: str, ema_unet, ema_text_encoder, latents: torch.Tensor,
                       scenes: list[Scene], save, log, masks: torch.Tensor | None = None) -> None:
-    """Phases 3b/3c: a fresh optimiser from the EMA weights so far (which it updates), reseeded like phase 3."""
-    seed_everything(cfg.seed, cfg.threads)
+    """Phases 3b, 3c, ...: a fresh optimiser from the EMA weights so far (which it updates), reseeded like phase 3
+    (or from the anneal's own seed, Config.anneal_seed_offsets)."""
+    seed_everything(phase.seed, cfg.threads)
     unet, text_encoder = copy.deepcopy(ema_unet), copy.deepcopy(ema_text_encoder)
     train_diffusion(phase, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes,
                     lambda step: save(tag + step), log, masks)
@@ -670,6 +681,11 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def comma_separated(kind: type):
+    """An argparse type for a tuple flag such as `--unet-channels 64,96,128` or `--anneal-lrs 3e-4,1e-4`."""
+    return lambda text: tuple(kind(v) for v in text.split(","))
+
+
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", type=Path, required=True, help="intermediate diffusers checkpoints and log")
@@ -690,10 +706,12 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
         elif isinstance(value, tuple):
-            ap.add_argument("--" + name.replace("_", "-"), type=lambda s: tuple(int(v) for v in s.split(",")),
-                            default=value)
+            ap.add_argument("--" + name.replace("_", "-"), type=comma_separated(type(value[0])), default=value)
     args = ap.parse_args(argv)
-    cfg = Config(**{k: getattr(args, k) for k in asdict(defaults) if hasattr(args, k)})
+    try:
+        cfg = Config(**{k: getattr(args, k) for k in asdict(defaults) if hasattr(args, k)})
+    except ValueError as e:
+        ap.error(str(e))
     return cfg, args
 
 
@@ -782,10 +800,11 @@ def main(argv: list[str] | None = None) -> int:
         train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
     if cfg.finish_steps:
         continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log)
-    if cfg.second_finish_steps:
-        masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight else None
-        continue_training(cfg, second_finish_config(cfg), "second_finish_", ema_unet, ema_text_encoder, latents,
-                          scenes, save, log, masks)
+    lrs = cfg.anneal_lrs if cfg.anneal_steps else ()
+    masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight and lrs else None
+    for i in range(1, len(lrs) + 1):
+        continue_training(cfg, anneal_config(cfg, i), f"anneal{i}_", ema_unet, ema_text_encoder, latents, scenes,
+                          save, log, masks)
     save("final")
     try:
         size = export_single_file(work / "final", args.out)
