@@ -395,7 +395,7 @@ def training_batches(cfg: Config, held_out: frozenset):
         yield imgs, scenes
 
 
-@torch.no_grad()  # without it autograd keeps every chunk's graph: 12,000 images took 24 GB and the OOM killer
+@torch.no_grad()  # without it autograd keeps every chunk's graph: 24 GB for the 12,000 images
 def encode_dataset(cfg: Config, vae, held_out: frozenset, log) -> tuple[torch.Tensor, list[Scene]]:
     chunks, scenes = [], []
     for imgs, sc in training_batches(cfg, held_out):
@@ -800,9 +800,9 @@ def main(argv: list[str] | None = None) -> int:
         train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
     if cfg.finish_steps:
         continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log)
-    lrs = cfg.anneal_lrs if cfg.anneal_steps else ()
-    masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight and lrs else None
-    for i in range(1, len(lrs) + 1):
+    anneals = len(cfg.anneal_lrs) if cfg.anneal_steps else 0
+    masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight and anneals else None
+    for i in range(1, anneals + 1):
         continue_training(cfg, anneal_config(cfg, i), f"anneal{i}_", ema_unet, ema_text_encoder, latents, scenes,
                           save, log, masks)
     save("final")
