@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
+from webui.engine.engine import Engine
+
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 from train_demo_model import (  # noqa: E402
-    Config, anneal_config, build_vae, cosine_factor, encode_dataset, foreground_masks, loss_weights, noised,
-    object_masks, per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod, timesteps_and_weights)
+    Config, anneal_config, build_unet, build_vae, cosine_factor, encode_dataset, foreground_masks, loss_weights,
+    noised, object_masks, per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod,
+    timesteps_and_weights)
 
 AC = sd_alphas_cumprod().float()
 SNR = AC / (1 - AC)
@@ -105,6 +108,19 @@ def test_each_anneal_takes_its_rate_and_replays_or_draws_fresh_batches() -> None
         raise AssertionError("an anneal without a seed offset was accepted")
 
 
+def test_unet_attention_is_chosen_per_level() -> None:
+    unet = build_unet(Config(unet_channels=(32, 32, 64), unet_attention=(0, 1, 0)))
+    assert list(unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert list(unet.config.up_block_types) == ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    assert unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"
+    try:
+        Config(unet_attention=(1, 1))
+    except ValueError as e:
+        assert "one entry per level" in str(e)
+    else:
+        raise AssertionError("an attention list shorter than the levels was accepted")
+
+
 def test_encoding_the_dataset_keeps_no_autograd_graph() -> None:
     """The encoder's weights require grad; a graph kept per chunk made the 12,000-image encode take 24 GB."""
     cfg = Config(vae_channels=(32, 32, 32), train_images=300)
@@ -166,7 +182,7 @@ def test_training_program_end_to_end_with_the_finish_and_anneals(tmp_path: Path)
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
             "--checkpoint-every", "1", "--anneal-steps", "2", "--anneal-lrs", "3e-4,1e-4",
             "--anneal-seed-offsets", "0,7", "--foreground-weight", "3", "--foreground-max-t", "600",
-            "--latent-std", str(latent_std), "--threads", "1"]
+            "--latent-std", str(latent_std), "--unet-attention", "0,1,0", "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
                     "--out", str(out), *tiny], check=True, capture_output=True, timeout=300)
@@ -195,6 +211,11 @@ def test_training_program_end_to_end_with_the_finish_and_anneals(tmp_path: Path)
     state = load_file(out)
     assert {k.split(".")[0] for k in state} == {"model", "first_stage_model", "cond_stage_model"}
     assert all(v.dtype == torch.float16 for v in state.values())
+    # attention at the second level only (and the middle): the engine reads that layout from the keys
+    assert "model.diffusion_model.input_blocks.1.1.proj_in.weight" not in state
+    assert "model.diffusion_model.input_blocks.3.1.proj_in.weight" in state
+    unet = Engine(device="cpu").load_checkpoint(out).unet
+    assert list(unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 
 
 def test_layout_oracle_reads_corners_at_low_noise_and_nothing_once_the_latents_are_tiny() -> None:

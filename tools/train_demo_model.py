@@ -79,7 +79,8 @@ class Config:
     token_init_std: float = 0.02
     # UNet
     unet_channels: tuple[int, ...] = (64, 96, 128)
-    unet_attention_levels: int = 2  # leading levels with cross-attention (the middle block always has it)
+    # per level, from the 16×16 one down: 1 = self- and cross-attention blocks (the middle block always has them)
+    unet_attention: tuple[int, ...] = (1, 1, 0)
     unet_layers_per_block: int = 1
     unet_steps: int = 2000
     batch: int = 32
@@ -136,6 +137,9 @@ class Config:
         if len(self.anneal_seed_offsets) != len(self.anneal_lrs):
             raise ValueError(f"--anneal-lrs {self.anneal_lrs} and --anneal-seed-offsets {self.anneal_seed_offsets} "
                              "need one entry per anneal")
+        if len(self.unet_attention) != len(self.unet_channels):
+            raise ValueError(f"--unet-attention {self.unet_attention} needs one entry per level of "
+                             f"--unet-channels {self.unet_channels}")
 
 
 # ---------------------------------------------------------------- model construction
@@ -156,12 +160,12 @@ def build_vae(cfg: Config):
 def build_unet(cfg: Config):
     from diffusers import UNet2DConditionModel
 
-    n, a = len(cfg.unet_channels), cfg.unet_attention_levels
+    attention = [bool(a) for a in cfg.unet_attention]
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
         block_out_channels=list(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D"] * a + ["DownBlock2D"] * (n - a),
-        up_block_types=["UpBlock2D"] * (n - a) + ["CrossAttnUpBlock2D"] * a,
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
         cross_attention_dim=cfg.text_hidden, attention_head_dim=8,  # SD1 meaning: 8 heads
         norm_num_groups=32, norm_eps=1e-5, act_fn="silu", use_linear_projection=False)
 
