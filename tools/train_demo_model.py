@@ -160,12 +160,11 @@ def build_vae(cfg: Config):
 def build_unet(cfg: Config):
     from diffusers import UNet2DConditionModel
 
-    attention = [bool(a) for a in cfg.unet_attention]
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
         block_out_channels=list(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
-        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.unet_attention)],
         cross_attention_dim=cfg.text_hidden, attention_head_dim=8,  # SD1 meaning: 8 heads
         norm_num_groups=32, norm_eps=1e-5, act_fn="silu", use_linear_projection=False)
 
