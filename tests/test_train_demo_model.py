@@ -13,10 +13,11 @@ from webui.engine.engine import Engine
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
+from shapes_dataset import Scene  # noqa: E402
 from train_demo_model import (  # noqa: E402
-    Config, anneal_config, build_unet, build_vae, cosine_factor, encode_dataset, foreground_masks, loss_weights,
-    noised, object_masks, per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod,
-    timesteps_and_weights)
+    ATTRIBUTES, AttributeHeads, Config, anneal_config, build_text_encoder, build_unet, build_vae, caption_labels,
+    cosine_factor, encode_dataset, foreground_masks, grow_unet, load_tokenizer, loss_weights, noised, object_masks,
+    per_sample_loss, pyramid_noise, scale_latent_space, sd_alphas_cumprod, timesteps_and_weights)
 
 AC = sd_alphas_cumprod().float()
 SNR = AC / (1 - AC)
@@ -114,6 +115,57 @@ def test_unet_attention_is_chosen_per_level() -> None:
         Config(unet_attention=(1, 1))
 
 
+def test_a_unet_grows_attention_blocks_without_changing_its_output() -> None:
+    small = Config(unet_channels=(32, 32, 64), unet_attention=(0, 1, 0))
+    torch.manual_seed(0)
+    unet = build_unet(small).eval()
+    grown = grow_unet(replace(small, unet_attention=(1, 1, 0)), unet).eval()
+    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    assert len(grown.down_blocks[0].attentions) == 1 and len(grown.up_blocks[2].attentions) == 2
+    x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([10, 900]), torch.randn(2, 77, 64)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, context).sample, grown(x, t, context).sample)
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow_unet(replace(small, unet_attention=(0, 0, 0)), unet)  # that would drop blocks
+
+
+def test_caption_labels_name_what_the_caption_states() -> None:
+    one = Scene("red", "square", "large", "blue", ("top left",))
+    assert list(ATTRIBUTES) == ["colour", "shape", "size", "position", "background", "count"]
+    assert caption_labels(one, frozenset()) == [1, 2, 2, 1, 3, 1]  # 0 means "not stated"; values count from 1
+    assert caption_labels(one, frozenset({"size", "background"})) == [1, 2, 0, 1, 0, 1]
+    two = Scene("white", "triangle", "small", "black", ("top left", "bottom right"))
+    assert caption_labels(two, frozenset()) == [7, 3, 1, 0, 8, 2]  # two objects: no position
+    assert caption_labels(None, frozenset()) == [0] * 6  # the empty prompt
+
+
+def test_attribute_heads_make_the_padding_states_tell_the_shape_words_apart() -> None:
+    """The UNet's cross-attention looks mostly at the end-of-text/padding states; the heads' loss separates them."""
+    torch.manual_seed(0)
+    cfg = Config(text_layers=2)
+    encoder, heads, tok = build_text_encoder(cfg), AttributeHeads(cfg.text_hidden), load_tokenizer()
+    scenes = [Scene(c, s, "large", "white", ("center",)) for c in ("red", "blue") for s in ("circle", "square")]
+    texts = [f"a large {sc.colour} {sc.shape} in the center on a white background" for sc in scenes]
+    ids = tok(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    labels = torch.tensor([caption_labels(sc, frozenset()) for sc in scenes])
+
+    def shape_gap() -> float:  # "circle" vs "square", same colour, in the mean padding state
+        with torch.no_grad():
+            h = encoder(ids).last_hidden_state
+        pooled = (h * (ids == 49407)[..., None]).sum(1) / (ids == 49407).sum(1, keepdim=True)
+        return (pooled[0] - pooled[1]).norm().item() / pooled[0].norm().item()
+
+    before = shape_gap()
+    opt = torch.optim.Adam(list(encoder.parameters()) + list(heads.parameters()), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = heads(encoder(ids).last_hidden_state, ids, labels)
+        first = first if first is not None else loss.item()
+        opt.zero_grad(), loss.backward(), opt.step()
+    assert loss.item() < 0.5 * first
+    assert shape_gap() > 5 * before
+
+
 def test_encoding_the_dataset_keeps_no_autograd_graph() -> None:
     """The encoder's weights require grad; a graph kept per chunk made the 12,000-image encode take 24 GB."""
     cfg = Config(vae_channels=(32, 32, 32), train_images=300)
@@ -171,7 +223,8 @@ def test_training_program_end_to_end_with_the_finish_and_anneals(tmp_path: Path)
             "--unet-steps", "2", "--batch", "4", "--finish-steps", "2", "--finish-terminal-share", "0.5",
             "--checkpoint-every", "1", "--anneal-steps", "2", "--anneal-lrs", "3e-4,1e-4",
             "--anneal-seed-offsets", "0,7", "--foreground-weight", "3", "--foreground-max-t", "600",
-            "--latent-std", str(latent_std), "--unet-attention", "0,1,0", "--threads", "1"]
+            "--latent-std", str(latent_std), "--unet-attention", "0,1,0", "--text-aux-weight", "0.05",
+            "--threads", "1"]
     # a subprocess: the program sets process-wide torch state (threads, deterministic algorithms)
     subprocess.run([sys.executable, str(TOOLS / "train_demo_model.py"), "--work-dir", str(tmp_path / "run"),
                     "--out", str(out), *tiny], check=True, capture_output=True, timeout=300)

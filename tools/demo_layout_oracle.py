@@ -1,4 +1,4 @@
-"""How much of the layout does x_t still show? (docs/demo_model.md, "Why position is not learned")
+"""How much of the layout does x_t still show? (docs/demo_model.md, "Why position was not learned without the heads (G1)")
 
 For single objects in a corner, the ideal reader knows the clean latent x0 up to the quadrant: it picks, among x0
 and its three mirror images, the one closest to x_t (the maximum-likelihood choice under Gaussian noise). Its

@@ -1,4 +1,4 @@
-"""Does the demo model place the object where the prompt says? (docs/demo_model.md, "Why position is not learned")
+"""Does the demo model place the object where the prompt says? (docs/demo_model.md, "Why position was not learned without the heads (G1)")
 
 The same 8 colour/shape/background prompts are generated at each of the 5 positions with one seed, and the
 object's position is read back as `eval_demo_model.py` reads it. A model that ignores the position words draws

@@ -13,8 +13,10 @@ Phases, all on CPU, reproducible from `--seed` (each phase reseeds):
    quick_gelu, the project's real CLIP BPE tokenizer) trained jointly with epsilon prediction on SD's
    scaled-linear 1000-step schedule, 10% empty prompts (for CFG), offset noise (so flat backgrounds follow the
    prompt instead of the initial noise), min-SNR loss weighting and a caption curriculum (background and
-   position always named during the first steps, attributes dropped at random later). Constant learning rate
-   and an EMA of the weights: the checkpoint of step N equals the result of `--unet-steps N`.
+   position always named during the first steps, attributes dropped at random later). Training-only attribute
+   heads read every caption attribute from the text encoder's end-of-text/padding states, where the UNet's
+   cross-attention looks; without them the shape and position words never reached the UNet. Constant learning
+   rate and an EMA of the weights: the checkpoint of step N equals the result of `--unet-steps N`.
    3b. The finish: from phase 3's EMA weights, a fresh optimiser whose learning rate falls along a cosine to 0.
    3c/3d/3e. The anneals: from the EMA weights so far, 600 more steps each with a fresh optimiser whose rate
    falls to 0 from a lower start (3e-4, 1e-4, 1e-4); the last draws fresh batches. Shape rises with 3c and 3d,
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
-from shapes_dataset import COLOURS, ShapesSampler, Scene, caption, eval_scenes  # noqa: E402
+from shapes_dataset import COLOURS, POSITIONS, SHAPES, SIZES, ShapesSampler, Scene, caption, eval_scenes  # noqa: E402
 
 SCALE_FACTOR = 0.18215
 TOKENIZER_DIR = ROOT / "webui" / "engine" / "tokenizers" / "clip"
@@ -79,8 +81,9 @@ class Config:
     token_init_std: float = 0.02
     # UNet
     unet_channels: tuple[int, ...] = (64, 96, 128)
-    # per level, from the 16×16 one down: 1 = self- and cross-attention blocks (the middle block always has them)
-    unet_attention: tuple[int, ...] = (1, 1, 0)
+    # per level, from the 16×16 one down: 1 = self- and cross-attention blocks (the middle block always has them).
+    # Without them at 16×16 a step takes half the time; with the attribute heads below shape still reaches 0.81.
+    unet_attention: tuple[int, ...] = (0, 1, 0)
     unet_layers_per_block: int = 1
     unet_steps: int = 2000
     batch: int = 32
@@ -125,6 +128,11 @@ class Config:
     # makes a missed object cost more than a spurious one, and the model hedges with extra objects).
     foreground_weight: float = 0.0
     foreground_max_t: int = 500
+    # > 0: an auxiliary loss (this weight) that trains heads, discarded afterwards, to read every caption attribute
+    # from the mean of the text encoder's end-of-text and padding states. The UNet's cross-attention looks mostly
+    # there; without the heads those states carried the background and hardly the shape or position words, and
+    # both stayed at chance (docs/demo_model.md, "Shape and position words were lost in the text encoder").
+    text_aux_weight: float = 0.05
     lr_end: float = 1.0  # phase 3's learning rate falls along a cosine to this fraction; 1 = constant (see ema_decay)
     uncond_p: float = 0.1
     curriculum: int = 500  # UNet steps whose captions always name everything (absolute, see ema_decay)
@@ -247,6 +255,20 @@ def sample_euler_ancestral(parts: dict, prompts: list[str], seed: int, steps: in
             x = x + torch.randn(x.shape, generator=gen) * s_up
     img = vae.decode(x / SCALE_FACTOR).sample.clamp(-1, 1)
     return list(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def grow_unet(cfg: Config, unet):
+    """`unet` with cfg.unet_attention's layout: attention blocks it lacks are added as identities (zero proj_out),
+    so the function is unchanged until they train."""
+    grown = build_unet(cfg)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(".attentions." not in k for k in missing):
+        raise ValueError(f"cannot grow this UNet into --unet-attention {cfg.unet_attention}")
+    with torch.no_grad():
+        for name, module in grown.named_modules():
+            if name.endswith("proj_out") and any(k.startswith(name + ".") for k in missing):
+                module.weight.zero_(), module.bias.zero_()
+    return grown
 
 
 def load_unet_and_text_encoder(folder: Path) -> tuple:
@@ -489,16 +511,48 @@ class CaptionBatcher:
                                               return_tensors="pt").input_ids[0]
         return self.cache[text]
 
-    def __call__(self, scenes: list[Scene], step: int) -> torch.Tensor:
+    def __call__(self, scenes: list[Scene], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (n, 77) and the attributes each caption states (n, len(ATTRIBUTES)), see caption_labels."""
         probs = self.cfg.early_drop_probs if step <= self.cfg.curriculum else self.cfg.drop_probs
-        texts = []
+        texts, labels = [], []
         for s in scenes:
             if self.rng.random() < self.cfg.uncond_p:
                 texts.append("")
+                labels.append(caption_labels(None, frozenset()))
                 continue
             drop = frozenset(k for k, p in probs.items() if self.rng.random() < p)
             texts.append(caption(s, drop))
-        return torch.stack([self.ids(t) for t in texts])
+            labels.append(caption_labels(s, drop))
+        return torch.stack([self.ids(t) for t in texts]), torch.tensor(labels)
+
+
+ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "position": list(POSITIONS),
+              "background": list(COLOURS), "count": [1, 2]}
+
+
+def caption_labels(scene: Scene | None, drop: frozenset[str]) -> list[int]:
+    """Per attribute: 0 if the caption does not state it, else 1 + the index of its value."""
+    if scene is None:
+        return [0] * len(ATTRIBUTES)
+    values = {"colour": scene.colour, "shape": scene.shape, "size": scene.size, "background": scene.background,
+              "position": scene.positions[0] if scene.count == 1 else None, "count": scene.count}
+    return [0 if name in drop or values[name] is None else 1 + choices.index(values[name])
+            for name, choices in ATTRIBUTES.items()]
+
+
+class AttributeHeads(torch.nn.Module):
+    """Training-only cosine classifiers on the mean end-of-text/padding state (see Config.text_aux_weight)."""
+
+    def __init__(self, hidden: int, eos: int = 49407, temperature: float = 10.0):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 1 + len(v), bias=False) for v in ATTRIBUTES.values())
+        self.eos, self.temperature = eos, temperature
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mask = (ids == self.eos).float()[..., None]
+        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return sum(F.cross_entropy(self.temperature * pooled @ F.normalize(h.weight, dim=-1).T, labels[:, i])
+                   for i, h in enumerate(self.heads)) / len(self.heads)
 
 
 def pyramid_noise(shape: tuple, gen: torch.Generator, discount: float) -> torch.Tensor:
@@ -574,7 +628,8 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tenso
 
 
 def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder, latents: torch.Tensor,
-                    scenes: list[Scene], save, log, masks: torch.Tensor | None = None) -> None:
+                    scenes: list[Scene], save, log, masks: torch.Tensor | None = None,
+                    heads: AttributeHeads | None = None) -> None:
     """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints. With `masks`
     (object_masks) the loss weighs the objects by cfg.foreground_weight."""
     captions = CaptionBatcher(cfg, load_tokenizer())
@@ -583,7 +638,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
     snr = ac / (1 - ac)
     weight = loss_weights(snr, cfg.snr_floor, cfg.min_snr_gamma)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params + (list(heads.parameters()) if heads else []), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup)
                                               * cosine_factor(step, cfg.unet_steps, cfg.lr_end))
     ema_params = list(ema_unet.parameters()) + list(ema_text_encoder.parameters())
@@ -596,14 +651,17 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
         idx = order[pos:pos + cfg.batch]
         pos += cfg.batch
         x0 = latents[idx]
-        ids = captions([scenes[i] for i in idx.tolist()], step)
+        ids, labels = captions([scenes[i] for i in idx.tolist()], step)
         noise = pyramid_noise(x0.shape, gen, cfg.pyramid_noise_discount)
         noise = noise + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
         t, w, terminal = timesteps_and_weights(cfg, x0.shape[0], gen, weight, snr)
         x_t, target = noised(x0, noise, t, ac, terminal)
-        pred = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
+        hidden = text_encoder(ids).last_hidden_state
+        pred = unet(x_t, t, hidden).sample
         fg = foreground_masks(cfg, masks[idx], t) if masks is not None else None
         loss = per_sample_loss(pred, target, fg, cfg.foreground_weight).mul(w).mean()
+        aux = heads(hidden, ids, labels) if heads else torch.zeros(())
+        loss = loss + cfg.text_aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -615,7 +673,7 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
         if step % 25 == 0:
             rate = step * cfg.batch / (time.time() - t0)
             log(f"unet step {step}/{cfg.unet_steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"{rate:.1f} samples/s")
+                + (f"attribute loss {aux.item():.3f} " if heads else "") + f"{rate:.1f} samples/s")
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             save(f"step{step:05d}")
     unet.eval(), text_encoder.eval()
@@ -635,13 +693,14 @@ def anneal_config(cfg: Config, index: int) -> Config:
 
 
 def continue_training(cfg: Config, phase: Config, tag: str, ema_unet, ema_text_encoder, latents: torch.Tensor,
-                      scenes: list[Scene], save, log, masks: torch.Tensor | None = None) -> None:
+                      scenes: list[Scene], save, log, masks: torch.Tensor | None = None,
+                      heads: AttributeHeads | None = None) -> None:
     """Phases 3b, 3c, ...: a fresh optimiser from the EMA weights so far (which it updates), reseeded like phase 3
     (or from the anneal's own seed, Config.anneal_seed_offsets)."""
     seed_everything(phase.seed, cfg.threads)
     unet, text_encoder = copy.deepcopy(ema_unet), copy.deepcopy(ema_text_encoder)
     train_diffusion(phase, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes,
-                    lambda step: save(tag + step), log, masks)
+                    lambda step: save(tag + step), log, masks, heads)
 
 
 # ---------------------------------------------------------------- export
@@ -781,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
             unet, text_encoder = resumed["unet"], resumed["text_encoder"]
         else:
             unet, text_encoder = load_unet_and_text_encoder(args.resume_unet)
+        if tuple(unet.config.down_block_types) != tuple(build_unet(cfg).config.down_block_types):
+            unet = grow_unet(cfg, unet)
     else:
         torch.manual_seed(cfg.seed + 1000)
         unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
@@ -789,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"parameters {counts}")
 
     ema_unet, ema_text_encoder = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    heads = AttributeHeads(cfg.text_hidden) if cfg.text_aux_weight else None  # kept across phases 3 to 3e
 
     def save(tag: str) -> None:
         folder = work / tag
@@ -800,14 +862,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"saved {folder}")
 
     if not args.resume_unet:
-        train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log)
+        train_diffusion(cfg, unet, text_encoder, ema_unet, ema_text_encoder, latents, scenes, save, log,
+                        heads=heads)
     if cfg.finish_steps:
-        continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log)
+        continue_training(cfg, finish_config(cfg), "finish_", ema_unet, ema_text_encoder, latents, scenes, save, log,
+                          heads=heads)
     anneals = len(cfg.anneal_lrs) if cfg.anneal_steps else 0
     masks = object_masks(cfg, held_out, scenes, vae_factor(vae)) if cfg.foreground_weight and anneals else None
     for i in range(1, anneals + 1):
         continue_training(cfg, anneal_config(cfg, i), f"anneal{i}_", ema_unet, ema_text_encoder, latents, scenes,
-                          save, log, masks)
+                          save, log, masks, heads)
     save("final")
     try:
         size = export_single_file(work / "final", args.out)
