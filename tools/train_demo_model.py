@@ -165,13 +165,17 @@ def build_vae(cfg: Config):
     return vae
 
 
+def down_block_types(cfg: Config) -> list[str]:
+    return ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention]
+
+
 def build_unet(cfg: Config):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
         block_out_channels=list(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention],
+        down_block_types=down_block_types(cfg),
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.unet_attention)],
         cross_attention_dim=cfg.text_hidden, attention_head_dim=8,  # SD1 meaning: 8 heads
         norm_num_groups=32, norm_eps=1e-5, act_fn="silu", use_linear_projection=False)
@@ -631,7 +635,8 @@ def train_diffusion(cfg: Config, unet, text_encoder, ema_unet, ema_text_encoder,
                     scenes: list[Scene], save, log, masks: torch.Tensor | None = None,
                     heads: AttributeHeads | None = None) -> None:
     """Joint UNet + text encoder training; `save` is called with the EMA copies' tag at checkpoints. With `masks`
-    (object_masks) the loss weighs the objects by cfg.foreground_weight."""
+    (object_masks) the loss weighs the objects by cfg.foreground_weight; with `heads` it adds their attribute loss
+    (cfg.text_aux_weight)."""
     captions = CaptionBatcher(cfg, load_tokenizer())
     gen = torch.Generator().manual_seed(cfg.seed + 400)
     ac = sd_alphas_cumprod().float()
@@ -840,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
             unet, text_encoder = resumed["unet"], resumed["text_encoder"]
         else:
             unet, text_encoder = load_unet_and_text_encoder(args.resume_unet)
-        if tuple(unet.config.down_block_types) != tuple(build_unet(cfg).config.down_block_types):
+        if list(unet.config.down_block_types) != down_block_types(cfg):
             unet = grow_unet(cfg, unet)
     else:
         torch.manual_seed(cfg.seed + 1000)
