@@ -552,9 +552,13 @@ class AttributeHeads(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 1 + len(v), bias=False) for v in ATTRIBUTES.values())
         self.eos, self.temperature = eos, temperature
 
-    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def pooled(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The mean of the end-of-text and padding states (SD1 pads with the end-of-text token)."""
         mask = (ids == self.eos).float()[..., None]
-        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pooled = F.normalize(self.pooled(hidden, ids), dim=-1)
         return sum(F.cross_entropy(self.temperature * pooled @ F.normalize(h.weight, dim=-1).T, labels[:, i])
                    for i, h in enumerate(self.heads)) / len(self.heads)
 
